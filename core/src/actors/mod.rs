@@ -1,0 +1,183 @@
+//! The core's actors and the messages between them.
+//!
+//! ```text
+//!  connection actors (hub/)          core actors (this module)
+//!  ───────────────────────          ───────────────────────────────────────────
+//!   Core::execute ──ToUser──────▶ Router ──UserMsg──▶ UserActor ──▶ store
+//!                 ──ToRoom──────▶   │    ──RoomMsg──▶ RoomActor ──ToUser─▶ Router
+//!                 ──CallStart───▶   │    ──CallMsg──▶ CallActor ──ToUser─▶ Router
+//!   SessionMsg ◀──────────────────────────────────── UserActor (deliveries, presence)
+//! ```
+//!
+//! Every message to a user actor passes through the router, which owns the map of live
+//! actors: that single path keeps per-sender order (actix mailboxes are FIFO) and lets
+//! the router retire an idle user actor without losing a message in flight. No actor
+//! holds a lock; the store is shared and internally concurrent.
+
+pub mod call;
+pub mod room;
+pub mod router;
+pub mod user;
+
+use crate::accounts::AccountPolicy;
+use crate::metrics::Metrics;
+use crate::store::Storage;
+use actix::prelude::*;
+use hub_plugin_sdk::{ConnId, CoreError, EventRecord, HubEvent, Seq, UserId, UserRef};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Tunables of the core (from config).
+#[derive(Clone, Debug)]
+pub struct CoreSettings {
+    /// Credential policy.
+    pub accounts: AccountPolicy,
+    /// How long a call rings before it is missed.
+    pub ring_timeout: Duration,
+    /// How long a user actor with no sessions lingers before it is retired.
+    pub user_idle: Duration,
+    /// Events per backlog page sent to a session before it asks for more.
+    pub backlog_page: usize,
+    /// Number of arbiters (threads) user actors are spread over.
+    pub user_threads: usize,
+}
+
+impl Default for CoreSettings {
+    fn default() -> Self {
+        CoreSettings {
+            accounts: AccountPolicy::default(),
+            ring_timeout: Duration::from_secs(30),
+            user_idle: Duration::from_secs(60),
+            backlog_page: 256,
+            user_threads: 2,
+        }
+    }
+}
+
+/// What every core actor shares.
+pub struct Shared {
+    /// The store.
+    pub store: Arc<dyn Storage>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub settings: CoreSettings,
+}
+
+/// What the core sends to a connection actor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum SessionMsg {
+    /// Feed this to the plugin session.
+    Event(HubEvent),
+    /// The last backlog page has been sent; answer with [`UserMsg::MoreBacklog`] once it
+    /// is written (flow control: one page in flight per session).
+    PageDone,
+}
+
+/// A connection actor's address as the core holds it.
+pub type SessionAddr = Recipient<SessionMsg>;
+
+/// Reply channel for an append: resolved with the event's seq once it is durable.
+pub type AppendReply = oneshot::Sender<Result<Seq, CoreError>>;
+
+/// Messages to a user actor (always through the router).
+#[derive(Debug)]
+pub enum UserMsg {
+    /// Store an event in the user's stream; deliver it once durable.
+    Append {
+        /// The event.
+        event: EventRecord,
+        /// Not delivered to this connection (the one it came from).
+        skip_conn: Option<ConnId>,
+        /// Answered once durable.
+        reply: Option<AppendReply>,
+    },
+    /// Attach a session for delivery and presence.
+    Attach {
+        /// The connection.
+        conn: ConnId,
+        /// Its address.
+        addr: SessionAddr,
+        /// Answered with the delivery cursor.
+        reply: oneshot::Sender<Result<Seq, CoreError>>,
+    },
+    /// Detach a session (connection closed).
+    Detach {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The session wrote the last backlog page; send the next.
+    MoreBacklog {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The client proved receipt up to `through`.
+    Ack {
+        /// Last received position.
+        through: Seq,
+    },
+    /// A contact's presence changed.
+    Presence {
+        /// The contact.
+        contact: UserRef,
+        /// Online now?
+        online: bool,
+    },
+}
+
+/// Router → user actor envelope (counted, so the router knows what the actor has seen).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ToUserActor(pub UserMsg);
+
+/// A user actor's id and handle plus the shared state, given at start.
+pub(crate) fn user_ref(id: UserId, handle: &str) -> UserRef {
+    UserRef {
+        id,
+        handle: handle.to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Builds a new event with a fresh persistent id.
+pub(crate) fn make_event(
+    shared: &Shared,
+    origin: hub_plugin_sdk::Origin,
+    from: UserRef,
+    to: hub_plugin_sdk::Target,
+    body: hub_plugin_sdk::EventBody,
+) -> Result<EventRecord, CoreError> {
+    let id = shared
+        .store
+        .next_event_id()
+        .map_err(|e| CoreError::Internal(e.to_string()))?;
+    Ok(EventRecord {
+        id,
+        at_unix_ms: unix_ms(),
+        origin,
+        from,
+        to,
+        body,
+    })
+}
+
+/// Waits for every append reply; the first failure wins.
+pub(crate) async fn all_stored(
+    replies: Vec<oneshot::Receiver<Result<Seq, CoreError>>>,
+) -> Result<(), CoreError> {
+    for reply in replies {
+        reply
+            .await
+            .map_err(|_| CoreError::Internal("event store unavailable".into()))??;
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! The router: owns the maps of live user, room and call actors, who is online and who
+//! is in a call, and forwards every message to the actor that owns its subject.
+
+use super::call::{CallActor, CallMsg};
+use super::room::{RoomActor, RoomMsg};
+use super::user::{Retire, UserActor};
+use super::{SessionAddr, SessionMsg, Shared, ToUserActor, UserMsg};
+use actix::prelude::*;
+use hub_plugin_sdk::{
+    Answer, CallId, CoreError, HubEvent, Origin, RoomId, RoomRef, UserId, UserRef,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+struct UserEntry {
+    addr: Addr<UserActor>,
+    /// Messages forwarded to this actor; compared with what it reports having handled.
+    routed: u64,
+}
+
+/// Messages to the router.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum RouterMsg {
+    /// Forward to a user's actor (started if needed).
+    ToUser {
+        /// The user.
+        user: UserRef,
+        /// The message.
+        msg: UserMsg,
+    },
+    /// A user actor has had nothing to do for a while.
+    UserIdle {
+        /// The user.
+        user: UserId,
+        /// Messages it has handled.
+        seen: u64,
+    },
+    /// A user's first session attached or last one left.
+    SetOnline {
+        /// The user.
+        user: UserRef,
+        /// Online now?
+        online: bool,
+        /// The user's accepted contacts (told about the change).
+        contacts: Vec<UserId>,
+    },
+    /// Send `to` the presence of those `contacts` that are online.
+    PresenceSnapshot {
+        /// Contacts to report on.
+        contacts: Vec<UserId>,
+        /// The session to tell.
+        to: SessionAddr,
+    },
+    /// Two users just became contacts: if both are online, tell each about the other.
+    ContactsLinked {
+        /// One side.
+        a: UserRef,
+        /// The other side.
+        b: UserRef,
+    },
+    /// Which of `ids` are online.
+    OnlineAmong {
+        /// Users to check.
+        ids: Vec<UserId>,
+        /// Answered with the online subset.
+        reply: oneshot::Sender<Vec<UserId>>,
+    },
+    /// Forward to a room's actor (started if needed).
+    ToRoom {
+        /// The room.
+        room: RoomRef,
+        /// The message.
+        msg: RoomMsg,
+    },
+    /// Start a call.
+    CallStart {
+        /// Caller.
+        from: UserRef,
+        /// Callee.
+        to: UserRef,
+        /// Opaque offer.
+        data: Vec<u8>,
+        /// Where the command came from.
+        origin: Origin,
+        /// Answered with the call id once the ring is stored.
+        reply: oneshot::Sender<Result<Answer, CoreError>>,
+    },
+    /// Forward to a call's actor.
+    ToCall {
+        /// The call.
+        call: CallId,
+        /// The message.
+        msg: CallMsg,
+    },
+    /// A call is over; its parties are free.
+    CallOver {
+        /// The call.
+        call: CallId,
+        /// Its parties.
+        parties: [UserId; 2],
+    },
+}
+
+/// The router actor.
+pub struct Router {
+    shared: Arc<Shared>,
+    users: HashMap<UserId, UserEntry>,
+    online: HashMap<UserId, UserRef>,
+    rooms: HashMap<RoomId, Addr<RoomActor>>,
+    calls: HashMap<CallId, Addr<CallActor>>,
+    in_call: HashMap<UserId, CallId>,
+    next_call: u64,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: usize,
+}
+
+impl Router {
+    /// A router whose user actors run on `arbiters` (round robin).
+    pub fn new(shared: Arc<Shared>, arbiters: Vec<ArbiterHandle>) -> Self {
+        Router {
+            shared,
+            users: HashMap::new(),
+            online: HashMap::new(),
+            rooms: HashMap::new(),
+            calls: HashMap::new(),
+            in_call: HashMap::new(),
+            next_call: 1,
+            arbiters,
+            next_arbiter: 0,
+        }
+    }
+
+    fn user_actor(&mut self, user: &UserRef, ctx: &mut Context<Self>) -> Option<&mut UserEntry> {
+        if !self.users.contains_key(&user.id) {
+            let actor = match UserActor::new(user.clone(), self.shared.clone(), ctx.address()) {
+                Ok(actor) => actor,
+                Err(e) => {
+                    tracing::error!(user = %user.id, error = %e, "starting a user actor failed");
+                    return None;
+                }
+            };
+            let addr = if self.arbiters.is_empty() {
+                actor.start()
+            } else {
+                let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+                self.next_arbiter += 1;
+                UserActor::start_in_arbiter(arbiter, move |_| actor)
+            };
+            self.users.insert(user.id, UserEntry { addr, routed: 0 });
+        }
+        self.users.get_mut(&user.id)
+    }
+
+    fn to_user(&mut self, user: &UserRef, msg: UserMsg, ctx: &mut Context<Self>) {
+        match self.user_actor(user, ctx) {
+            Some(entry) => {
+                entry.routed += 1;
+                entry.addr.do_send(ToUserActor(msg));
+            }
+            None => fail_user_msg(msg, "the user's stream is unavailable"),
+        }
+    }
+}
+
+/// Answers the reply channel a message carries with an internal error.
+fn fail_user_msg(msg: UserMsg, why: &str) {
+    match msg {
+        UserMsg::Append {
+            reply: Some(reply), ..
+        } => {
+            let _ = reply.send(Err(CoreError::Internal(why.into())));
+        }
+        UserMsg::Attach { reply, .. } => {
+            let _ = reply.send(Err(CoreError::Internal(why.into())));
+        }
+        _ => {}
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+}
+
+impl Handler<RouterMsg> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouterMsg, ctx: &mut Context<Self>) {
+        match msg {
+            RouterMsg::ToUser { user, msg } => self.to_user(&user, msg, ctx),
+            RouterMsg::UserIdle { user, seen } => {
+                if self.users.get(&user).is_some_and(|e| e.routed == seen) {
+                    if let Some(entry) = self.users.remove(&user) {
+                        entry.addr.do_send(Retire);
+                    }
+                }
+            }
+            RouterMsg::SetOnline {
+                user,
+                online,
+                contacts,
+            } => {
+                if online {
+                    self.online.insert(user.id, user.clone());
+                } else {
+                    self.online.remove(&user.id);
+                    // A user who vanished cannot stay in a call.
+                    if let Some(call) = self.in_call.get(&user.id).copied() {
+                        if let Some(addr) = self.calls.get(&call) {
+                            addr.do_send(CallMsg::PartyGone { user: user.id });
+                        }
+                    }
+                }
+                tracing::debug!(user = %user.id, online, "presence");
+                for contact in contacts {
+                    if let Some(contact_ref) = self.online.get(&contact).cloned() {
+                        let msg = UserMsg::Presence {
+                            contact: user.clone(),
+                            online,
+                        };
+                        self.to_user(&contact_ref, msg, ctx);
+                    }
+                }
+            }
+            RouterMsg::PresenceSnapshot { contacts, to } => {
+                for contact in contacts {
+                    if let Some(user) = self.online.get(&contact) {
+                        let _ = to.try_send(SessionMsg::Event(HubEvent::Presence {
+                            user: user.clone(),
+                            online: true,
+                        }));
+                    }
+                }
+            }
+            RouterMsg::ContactsLinked { a, b } => {
+                if self.online.contains_key(&a.id) && self.online.contains_key(&b.id) {
+                    let to_a = UserMsg::Presence {
+                        contact: b.clone(),
+                        online: true,
+                    };
+                    let to_b = UserMsg::Presence {
+                        contact: a.clone(),
+                        online: true,
+                    };
+                    self.to_user(&a, to_a, ctx);
+                    self.to_user(&b, to_b, ctx);
+                }
+            }
+            RouterMsg::OnlineAmong { ids, reply } => {
+                let online = ids
+                    .into_iter()
+                    .filter(|id| self.online.contains_key(id))
+                    .collect();
+                let _ = reply.send(online);
+            }
+            RouterMsg::ToRoom { room, msg } => {
+                let addr = self
+                    .rooms
+                    .entry(room.id)
+                    .or_insert_with(|| {
+                        RoomActor::new(room.clone(), self.shared.clone(), ctx.address()).start()
+                    })
+                    .clone();
+                addr.do_send(msg);
+            }
+            RouterMsg::CallStart {
+                from,
+                to,
+                data,
+                origin,
+                reply,
+            } => {
+                if !self.online.contains_key(&to.id) {
+                    let _ = reply.send(Err(CoreError::Offline));
+                    return;
+                }
+                if from.id == to.id {
+                    let _ = reply.send(Err(CoreError::Invalid("cannot call yourself".into())));
+                    return;
+                }
+                if self.in_call.contains_key(&from.id) || self.in_call.contains_key(&to.id) {
+                    let _ = reply.send(Err(CoreError::Busy));
+                    return;
+                }
+                let call = CallId(self.next_call);
+                self.next_call += 1;
+                self.in_call.insert(from.id, call);
+                self.in_call.insert(to.id, call);
+                let actor =
+                    CallActor::new(call, from, to, origin, self.shared.clone(), ctx.address());
+                let addr = actor.start();
+                addr.do_send(CallMsg::Ring { data, reply });
+                self.calls.insert(call, addr);
+            }
+            RouterMsg::ToCall { call, msg } => match self.calls.get(&call) {
+                Some(addr) => addr.do_send(msg),
+                None => msg.refuse(CoreError::NoSuchCall),
+            },
+            RouterMsg::CallOver { call, parties } => {
+                self.calls.remove(&call);
+                for party in parties {
+                    if self.in_call.get(&party) == Some(&call) {
+                        self.in_call.remove(&party);
+                    }
+                }
+            }
+        }
+    }
+}

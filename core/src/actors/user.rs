@@ -1,0 +1,383 @@
+//! One actor per active user: its event stream (sequence numbers, durable delivery),
+//! its sessions and its presence.
+//!
+//! ```text
+//!  Append ──▶ seq = last+1, store.append ──▶ pending ──(group commit)──▶ durable
+//!                                                          │
+//!                       reply to sender ◀──────────────────┤
+//!                       push to live sessions ◀────────────┘
+//!
+//!  session:  Attach ──▶ catching up (backlog pages from the store, one page in
+//!            flight) ──▶ live (pushed as events become durable) ──▶ Detach
+//! ```
+//!
+//! Nothing is pushed before it is durable, and events reach each session in sequence
+//! order. The delivery cursor moves only on [`UserMsg::Ack`] (proof of receipt).
+
+use super::router::{Router, RouterMsg};
+use super::{SessionAddr, SessionMsg, Shared, ToUserActor, UserMsg};
+use actix::prelude::*;
+use hub_plugin_sdk::{ConnId, CoreError, Delivery, EventRecord, HubEvent, Seq, UserRef};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+struct Pending {
+    seq: Seq,
+    event: EventRecord,
+    skip_conn: Option<ConnId>,
+    reply: Option<super::AppendReply>,
+}
+
+struct SessionSlot {
+    conn: ConnId,
+    addr: SessionAddr,
+    /// Highest seq handed to this session.
+    sent_through: Seq,
+    /// Caught up: new durable events are pushed as they come.
+    live: bool,
+    /// A backlog page is in flight (waiting for `MoreBacklog`).
+    page_in_flight: bool,
+}
+
+/// The user actor.
+pub struct UserActor {
+    user: UserRef,
+    shared: Arc<Shared>,
+    router: Addr<Router>,
+    last_seq: Seq,
+    durable_through: Seq,
+    pending: VecDeque<Pending>,
+    sessions: Vec<SessionSlot>,
+    /// Messages handled, reported to the router when idle.
+    handled: u64,
+    idle_timer: Option<SpawnHandle>,
+}
+
+impl UserActor {
+    /// Creates the actor; fails if the store cannot tell the stream's position.
+    pub fn new(
+        user: UserRef,
+        shared: Arc<Shared>,
+        router: Addr<Router>,
+    ) -> Result<Self, crate::store::StoreError> {
+        let last_seq = shared.store.last_seq(user.id)?;
+        Ok(UserActor {
+            user,
+            shared,
+            router,
+            last_seq,
+            durable_through: last_seq,
+            pending: VecDeque::new(),
+            sessions: Vec::new(),
+            handled: 0,
+            idle_timer: None,
+        })
+    }
+
+    fn append(
+        &mut self,
+        ctx: &mut Context<Self>,
+        event: EventRecord,
+        skip_conn: Option<ConnId>,
+        reply: Option<super::AppendReply>,
+    ) {
+        let seq = Seq(self.last_seq.0 + 1);
+        if let Err(e) = self.shared.store.append(self.user.id, seq, &event) {
+            tracing::error!(user = %self.user.id, error = %e, "storing an event failed");
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(CoreError::Internal(e.to_string())));
+            }
+            return;
+        }
+        self.last_seq = seq;
+        self.shared.metrics.stored.fetch_add(1, Relaxed);
+        self.shared.metrics.pending_durable.fetch_add(1, Relaxed);
+        self.pending.push_back(Pending {
+            seq,
+            event,
+            skip_conn,
+            reply,
+        });
+        let durable = self.shared.store.durable();
+        ctx.spawn(
+            durable
+                .into_actor(self)
+                .map(move |result, act, _ctx| act.on_durable(seq, result)),
+        );
+    }
+
+    fn on_durable(&mut self, seq: Seq, result: Result<(), String>) {
+        if let Err(e) = &result {
+            tracing::error!(user = %self.user.id, error = %e, "events not confirmed durable");
+        }
+        // A flush covers every write made before it: everything up to `seq` is done.
+        while self.pending.front().is_some_and(|p| p.seq <= seq) {
+            let Some(done) = self.pending.pop_front() else {
+                break;
+            };
+            self.shared.metrics.pending_durable.fetch_sub(1, Relaxed);
+            self.durable_through = done.seq;
+            if let Some(reply) = done.reply {
+                let answer = result
+                    .clone()
+                    .map(|()| done.seq)
+                    .map_err(CoreError::Internal);
+                let _ = reply.send(answer);
+            }
+            let delivery = Delivery {
+                seq: done.seq,
+                event: done.event,
+            };
+            let mut slow = Vec::new();
+            for slot in self.sessions.iter_mut().filter(|s| s.live) {
+                if slot.sent_through >= delivery.seq {
+                    continue;
+                }
+                slot.sent_through = delivery.seq;
+                if Some(slot.conn) == done.skip_conn {
+                    continue;
+                }
+                if !push(
+                    &self.shared,
+                    &slot.addr,
+                    SessionMsg::Event(HubEvent::Deliver(delivery.clone())),
+                ) {
+                    slow.push(slot.conn);
+                }
+            }
+            for conn in slow {
+                self.drop_slow(conn);
+            }
+        }
+    }
+
+    /// Sends the next backlog page to a catching-up session, or makes it live.
+    fn pump(&mut self, conn: ConnId) {
+        let page = self.shared.settings.backlog_page;
+        let Some(slot) = self.sessions.iter_mut().find(|s| s.conn == conn) else {
+            return;
+        };
+        if slot.live || slot.page_in_flight {
+            return;
+        }
+        let events = match self.shared.store.events_after(
+            self.user.id,
+            slot.sent_through,
+            self.durable_through,
+            page,
+        ) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(user = %self.user.id, error = %e, "reading the backlog failed");
+                let _ = slot.addr.try_send(SessionMsg::Event(HubEvent::Kicked {
+                    reason: "internal error reading stored events".into(),
+                }));
+                return;
+            }
+        };
+        let full = events.len() == page;
+        let mut ok = true;
+        for delivery in events {
+            slot.sent_through = delivery.seq;
+            ok &= push(
+                &self.shared,
+                &slot.addr,
+                SessionMsg::Event(HubEvent::Deliver(delivery)),
+            );
+        }
+        if full {
+            slot.page_in_flight = true;
+            ok &= push(&self.shared, &slot.addr, SessionMsg::PageDone);
+        } else {
+            // Caught up with everything durable; later events are pushed as they land.
+            slot.live = true;
+        }
+        if !ok {
+            self.drop_slow(conn);
+        }
+    }
+
+    fn drop_slow(&mut self, conn: ConnId) {
+        if let Some(index) = self.sessions.iter().position(|s| s.conn == conn) {
+            let slot = self.sessions.remove(index);
+            self.shared.metrics.slow_readers.fetch_add(1, Relaxed);
+            tracing::warn!(user = %self.user.id, conn = %conn, "session dropped as a slow reader; undelivered events wait in the store");
+            // do_send ignores the mailbox bound: the kick must arrive even when full.
+            slot.addr.do_send(SessionMsg::Event(HubEvent::Kicked {
+                reason: "too slow reading events".into(),
+            }));
+            if self.sessions.is_empty() {
+                self.went_offline();
+            }
+        }
+    }
+
+    fn contact_ids(&self) -> Vec<hub_plugin_sdk::UserId> {
+        match self.shared.store.contacts(self.user.id) {
+            Ok(contacts) => contacts
+                .into_iter()
+                .filter(|(_, state)| *state == hub_plugin_sdk::ContactState::Accepted)
+                .map(|(id, _)| id)
+                .collect(),
+            Err(e) => {
+                tracing::error!(user = %self.user.id, error = %e, "reading contacts failed");
+                Vec::new()
+            }
+        }
+    }
+
+    fn went_offline(&mut self) {
+        self.router.do_send(RouterMsg::SetOnline {
+            user: self.user.clone(),
+            online: false,
+            contacts: self.contact_ids(),
+        });
+    }
+
+    fn schedule_idle_check(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.idle_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let idle = self.shared.settings.user_idle;
+        self.idle_timer = Some(ctx.run_later(idle, |act, _ctx| {
+            act.idle_timer = None;
+            if act.sessions.is_empty() && act.pending.is_empty() {
+                act.router.do_send(RouterMsg::UserIdle {
+                    user: act.user.id,
+                    seen: act.handled,
+                });
+            }
+        }));
+    }
+}
+
+/// Pushes a message to a session without waiting; false if its queue is full or gone.
+fn push(shared: &Shared, addr: &SessionAddr, msg: SessionMsg) -> bool {
+    if matches!(msg, SessionMsg::Event(HubEvent::Deliver(_))) {
+        shared.metrics.delivered.fetch_add(1, Relaxed);
+    }
+    match addr.try_send(msg) {
+        Ok(()) => true,
+        // A closed session is detached by its own Detach; nothing to do here.
+        Err(SendError::Closed(_)) => true,
+        Err(SendError::Full(_)) => false,
+    }
+}
+
+impl Actor for UserActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.shared.metrics.user_actors.fetch_add(1, Relaxed);
+        self.schedule_idle_check(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.shared.metrics.user_actors.fetch_sub(1, Relaxed);
+        for pending in self.pending.drain(..) {
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Err(CoreError::Internal("hub shutting down".into())));
+            }
+        }
+    }
+}
+
+impl Handler<ToUserActor> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, ToUserActor(msg): ToUserActor, ctx: &mut Context<Self>) {
+        self.handled += 1;
+        match msg {
+            UserMsg::Append {
+                event,
+                skip_conn,
+                reply,
+            } => self.append(ctx, event, skip_conn, reply),
+            UserMsg::Attach { conn, addr, reply } => {
+                let cursor = match self.shared.store.cursor(self.user.id) {
+                    Ok(cursor) => cursor,
+                    Err(e) => {
+                        let _ = reply.send(Err(CoreError::Internal(e.to_string())));
+                        return;
+                    }
+                };
+                let first = self.sessions.is_empty();
+                self.sessions.retain(|s| s.conn != conn);
+                self.sessions.push(SessionSlot {
+                    conn,
+                    addr: addr.clone(),
+                    sent_through: cursor,
+                    live: false,
+                    page_in_flight: false,
+                });
+                let _ = reply.send(Ok(cursor));
+                if first {
+                    self.router.do_send(RouterMsg::SetOnline {
+                        user: self.user.clone(),
+                        online: true,
+                        contacts: self.contact_ids(),
+                    });
+                }
+                // Tell the new session which contacts are online right now.
+                self.router.do_send(RouterMsg::PresenceSnapshot {
+                    contacts: self.contact_ids(),
+                    to: addr,
+                });
+                self.pump(conn);
+            }
+            UserMsg::Detach { conn } => {
+                let before = self.sessions.len();
+                self.sessions.retain(|s| s.conn != conn);
+                if before > 0 && self.sessions.is_empty() {
+                    self.went_offline();
+                    self.schedule_idle_check(ctx);
+                }
+            }
+            UserMsg::MoreBacklog { conn } => {
+                if let Some(slot) = self.sessions.iter_mut().find(|s| s.conn == conn) {
+                    slot.page_in_flight = false;
+                }
+                self.pump(conn);
+            }
+            UserMsg::Ack { through } => {
+                // Never past what is durable: an ack cannot prove more than exists.
+                let through = through.min(self.durable_through);
+                if let Err(e) = self.shared.store.advance_cursor(self.user.id, through) {
+                    tracing::error!(user = %self.user.id, error = %e, "moving the cursor failed");
+                }
+            }
+            UserMsg::Presence { contact, online } => {
+                let mut slow = Vec::new();
+                for slot in &self.sessions {
+                    let event = HubEvent::Presence {
+                        user: contact.clone(),
+                        online,
+                    };
+                    if !push(&self.shared, &slot.addr, SessionMsg::Event(event)) {
+                        slow.push(slot.conn);
+                    }
+                }
+                for conn in slow {
+                    self.drop_slow(conn);
+                }
+            }
+        }
+        if self.sessions.is_empty() && self.idle_timer.is_none() {
+            self.schedule_idle_check(ctx);
+        }
+    }
+}
+
+/// Router → user actor: stop now (the router has removed it from its map, so nothing
+/// new can arrive).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for UserActor {
+    type Result = ();
+    fn handle(&mut self, _msg: Retire, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,500 @@
+//! The core as connection actors see it: [`Core::execute`] turns a plugin's
+//! [`Op`] into store work and actor messages and returns the answer as a future.
+//!
+//! Everything that must happen in command order (enqueueing to the router) happens
+//! synchronously inside `execute`; only the waiting is in the returned future. So two
+//! commands from one connection reach their actors in the order the plugin emitted them.
+
+use crate::accounts;
+use crate::actors::call::CallMsg;
+use crate::actors::room::RoomMsg;
+use crate::actors::router::{Router, RouterMsg};
+use crate::actors::{make_event, CoreSettings, SessionAddr, Shared, UserMsg};
+use crate::metrics::Metrics;
+use crate::store::{Storage, StoreError};
+use actix::prelude::*;
+use hub_plugin_sdk::{
+    Address, Answer, ConnId, ContactEntry, ContactNotice, ContactState, CoreError, EventBody, Op,
+    Origin, RoomRef, Target, UserRef,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// The future [`Core::execute`] returns.
+pub type Pending = Pin<Box<dyn Future<Output = Result<Answer, CoreError>> + Send>>;
+
+/// What the core knows about one connection. Owned by its connection actor.
+pub struct ConnContext {
+    /// The connection.
+    pub conn: ConnId,
+    /// The plugin serving it.
+    pub plugin: String,
+    /// Its acting user, once authenticated.
+    pub identity: Option<UserRef>,
+    /// Where deliveries go.
+    pub addr: SessionAddr,
+    /// Attached to its user's stream (after `Bind`).
+    pub attached: bool,
+}
+
+impl ConnContext {
+    fn origin(&self) -> Origin {
+        Origin {
+            plugin: self.plugin.clone(),
+            conn: Some(self.conn),
+        }
+    }
+
+    fn me(&self) -> Result<UserRef, CoreError> {
+        self.identity.clone().ok_or(CoreError::NotBound)
+    }
+}
+
+/// Handle to the running core (cheap to clone, `Send + Sync`).
+#[derive(Clone)]
+pub struct Core {
+    shared: Arc<Shared>,
+    router: Addr<Router>,
+}
+
+fn internal(e: StoreError) -> CoreError {
+    CoreError::Internal(e.to_string())
+}
+
+fn ready(result: Result<Answer, CoreError>) -> Pending {
+    Box::pin(std::future::ready(result))
+}
+
+fn await_reply(rx: oneshot::Receiver<Result<Answer, CoreError>>) -> Pending {
+    Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| Err(CoreError::Internal("the core is shutting down".into())))
+    })
+}
+
+impl Core {
+    /// Starts the router (and user arbiters). Call inside a running actix system.
+    pub fn start(store: Arc<dyn Storage>, metrics: Arc<Metrics>, settings: CoreSettings) -> Core {
+        let arbiters = (0..settings.user_threads.max(1))
+            .map(|_| Arbiter::new().handle())
+            .collect();
+        let shared = Arc::new(Shared {
+            store,
+            metrics,
+            settings,
+        });
+        let router_shared = shared.clone();
+        let router = Router::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            Router::new(router_shared, arbiters)
+        });
+        Core { shared, router }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Storage> {
+        &self.shared.store
+    }
+
+    /// The core's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    fn resolve_user(&self, address: &Address) -> Result<UserRef, CoreError> {
+        let account = match address {
+            Address::Handle(handle) => self.shared.store.account_by_handle(handle),
+            Address::User(id) => self.shared.store.account(*id),
+            Address::Room(_) => return Err(CoreError::NoSuchUser),
+        }
+        .map_err(internal)?
+        .ok_or(CoreError::NoSuchUser)?;
+        Ok(UserRef {
+            id: account.id,
+            handle: account.handle,
+        })
+    }
+
+    fn resolve_room(&self, name: &str) -> Result<RoomRef, CoreError> {
+        let id = self
+            .shared
+            .store
+            .room_by_name(name)
+            .map_err(internal)?
+            .ok_or(CoreError::NoSuchRoom)?;
+        Ok(RoomRef {
+            id,
+            name: name.to_owned(),
+        })
+    }
+
+    fn blocking(
+        &self,
+        work: impl FnOnce(&dyn Storage, &accounts::AccountPolicy) -> Result<Answer, CoreError>
+            + Send
+            + 'static,
+    ) -> Pending {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                work(shared.store.as_ref(), &shared.settings.accounts)
+            })
+            .await
+            .unwrap_or_else(|e| Err(CoreError::Internal(format!("hashing task: {e}"))))
+        })
+    }
+
+    /// Appends one event to one user's stream; the future resolves once it is durable.
+    fn append_to(&self, ctx: &ConnContext, to: UserRef, from: UserRef, body: EventBody) -> Pending {
+        let event = match make_event(
+            &self.shared,
+            ctx.origin(),
+            from,
+            Target::User(to.clone()),
+            body,
+        ) {
+            Ok(event) => event,
+            Err(e) => return ready(Err(e)),
+        };
+        let id = event.id;
+        self.shared.metrics.routed.fetch_add(1, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.router.do_send(RouterMsg::ToUser {
+            user: to,
+            msg: UserMsg::Append {
+                event,
+                skip_conn: Some(ctx.conn),
+                reply: Some(tx),
+            },
+        });
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(_seq)) => Ok(Answer::Accepted { event: id }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(CoreError::Internal("the core is shutting down".into())),
+            }
+        })
+    }
+
+    /// Carries out one command for connection `ctx`.
+    pub fn execute(&self, ctx: &mut ConnContext, op: Op) -> Pending {
+        let now = crate::actors::unix_ms();
+        match op {
+            Op::Signup {
+                handle,
+                password,
+                scheme,
+            } => self.blocking(move |store, policy| {
+                accounts::signup(store, &handle, &password, scheme, now, policy)
+            }),
+            Op::Signin { handle, password } => self.blocking(move |store, policy| {
+                accounts::signin(store, &handle, &password, now, policy)
+            }),
+            Op::CheckToken { token } => ready(accounts::check_token(
+                self.shared.store.as_ref(),
+                &token,
+                now,
+            )),
+            Op::Authenticate { user } => ready(self.authenticate(ctx, user).map(Answer::User)),
+            Op::Bind { user } => {
+                let user = match self.authenticate(ctx, user) {
+                    Ok(user) => user,
+                    Err(e) => return ready(Err(e)),
+                };
+                if ctx.attached {
+                    return ready(Err(CoreError::Invalid("already subscribed".into())));
+                }
+                ctx.attached = true;
+                let (tx, rx) = oneshot::channel();
+                self.router.do_send(RouterMsg::ToUser {
+                    user: user.clone(),
+                    msg: UserMsg::Attach {
+                        conn: ctx.conn,
+                        addr: ctx.addr.clone(),
+                        reply: tx,
+                    },
+                });
+                Box::pin(async move {
+                    match rx.await {
+                        Ok(Ok(cursor)) => Ok(Answer::Bound { user, cursor }),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(CoreError::Internal("the core is shutting down".into())),
+                    }
+                })
+            }
+            Op::Resolve { address } => ready(match &address {
+                Address::Room(name) => self.resolve_room(name).map(Answer::Room),
+                _ => self.resolve_user(&address).map(Answer::User),
+            }),
+            Op::Send { to, content } => {
+                let me = match ctx.me() {
+                    Ok(me) => me,
+                    Err(e) => return ready(Err(e)),
+                };
+                match to {
+                    Address::Room(name) => {
+                        let room = match self.resolve_room(&name) {
+                            Ok(room) => room,
+                            Err(e) => return ready(Err(e)),
+                        };
+                        let (reply, rx) = oneshot::channel();
+                        self.router.do_send(RouterMsg::ToRoom {
+                            room,
+                            msg: RoomMsg::Send {
+                                from: me,
+                                origin: ctx.origin(),
+                                content,
+                                reply,
+                            },
+                        });
+                        await_reply(rx)
+                    }
+                    address => match self.resolve_user(&address) {
+                        Ok(to) => self.append_to(ctx, to, me, EventBody::Message(content)),
+                        Err(e) => ready(Err(e)),
+                    },
+                }
+            }
+            Op::Ack { through } => {
+                if let (Some(me), true) = (&ctx.identity, ctx.attached) {
+                    self.router.do_send(RouterMsg::ToUser {
+                        user: me.clone(),
+                        msg: UserMsg::Ack { through },
+                    });
+                }
+                ready(Ok(Answer::Done))
+            }
+            Op::Invite { to } => self.contact_change(ctx, to, None),
+            Op::InviteReply { to, accept } => self.contact_change(ctx, to, Some(accept)),
+            Op::Contacts => self.contacts(ctx),
+            Op::JoinRoom { room } => self.room_op(ctx, room, true),
+            Op::LeaveRoom { room } => self.room_op(ctx, room, false),
+            Op::CallStart { to, data } => {
+                let (me, to) = match ctx.me().and_then(|me| Ok((me, self.resolve_user(&to)?))) {
+                    Ok(pair) => pair,
+                    Err(e) => return ready(Err(e)),
+                };
+                let (reply, rx) = oneshot::channel();
+                self.router.do_send(RouterMsg::CallStart {
+                    from: me,
+                    to,
+                    data,
+                    origin: ctx.origin(),
+                    reply,
+                });
+                await_reply(rx)
+            }
+            Op::CallReply { call, accept, data } => {
+                self.call_op(ctx, call, |by, reply| CallMsg::Reply {
+                    by,
+                    accept,
+                    data,
+                    reply,
+                })
+            }
+            Op::CallSignal { call, data } => {
+                self.call_op(ctx, call, |by, reply| CallMsg::Signal { by, data, reply })
+            }
+            Op::CallHangup { call } => {
+                self.call_op(ctx, call, |by, reply| CallMsg::Hangup { by, reply })
+            }
+        }
+    }
+
+    fn authenticate(
+        &self,
+        ctx: &mut ConnContext,
+        user: hub_plugin_sdk::UserId,
+    ) -> Result<UserRef, CoreError> {
+        if let Some(me) = &ctx.identity {
+            return if me.id == user {
+                Ok(me.clone())
+            } else {
+                Err(CoreError::Forbidden)
+            };
+        }
+        let account = self
+            .shared
+            .store
+            .account(user)
+            .map_err(internal)?
+            .ok_or(CoreError::NoSuchUser)?;
+        if account.disabled {
+            return Err(CoreError::Disabled);
+        }
+        let me = UserRef {
+            id: account.id,
+            handle: account.handle,
+        };
+        ctx.identity = Some(me.clone());
+        Ok(me)
+    }
+
+    fn contact_change(&self, ctx: &ConnContext, to: Address, reply: Option<bool>) -> Pending {
+        let (me, other) = match ctx.me().and_then(|me| Ok((me, self.resolve_user(&to)?))) {
+            Ok(pair) => pair,
+            Err(e) => return ready(Err(e)),
+        };
+        if me.id == other.id {
+            return ready(Err(CoreError::Invalid("cannot invite yourself".into())));
+        }
+        use ContactState::*;
+        let decide =
+            move |mine: Option<ContactState>, _theirs: Option<ContactState>| match (reply, mine) {
+                // Already contacts: nothing to do.
+                (None, Some(Accepted)) => None,
+                // Inviting someone who invited me accepts their invite.
+                (None, Some(Incoming)) | (Some(true), Some(Incoming)) => Some((Accepted, Accepted)),
+                (None, _) => Some((Outgoing, Incoming)),
+                (Some(false), Some(Incoming)) => Some((Rejected, Rejected)),
+                (Some(_), _) => None,
+            };
+        let before = self.shared.store.contact(me.id, other.id);
+        let result = self
+            .shared
+            .store
+            .transition_contacts(me.id, other.id, &decide);
+        let notice = match (result, reply) {
+            (Err(e), _) => return ready(Err(internal(e))),
+            (Ok(None), None) => return ready(Ok(Answer::Done)),
+            (Ok(None), Some(_)) => {
+                return ready(Err(CoreError::Invalid(format!(
+                    "no pending invite from {}",
+                    other.handle
+                ))))
+            }
+            (Ok(Some((Accepted, _))), _) => {
+                self.router.do_send(RouterMsg::ContactsLinked {
+                    a: me.clone(),
+                    b: other.clone(),
+                });
+                ContactNotice::Accepted
+            }
+            (Ok(Some((Rejected, _))), _) => ContactNotice::Rejected,
+            (Ok(Some(_)), _) => ContactNotice::Requested,
+        };
+        tracing::debug!(from = %me.id, to = %other.id, ?notice, was = ?before.ok().flatten(), "contact change");
+        let pending = self.append_to(ctx, other, me, EventBody::Contact(notice));
+        Box::pin(async move { pending.await.map(|_| Answer::Done) })
+    }
+
+    fn contacts(&self, ctx: &ConnContext) -> Pending {
+        let me = match ctx.me() {
+            Ok(me) => me,
+            Err(e) => return ready(Err(e)),
+        };
+        let list = match self.shared.store.contacts(me.id) {
+            Ok(list) => list,
+            Err(e) => return ready(Err(internal(e))),
+        };
+        let mut entries = Vec::new();
+        for (id, state) in list {
+            match self.shared.store.account(id) {
+                Ok(Some(account)) => entries.push(ContactEntry {
+                    user: UserRef {
+                        id,
+                        handle: account.handle,
+                    },
+                    state,
+                    online: false,
+                }),
+                Ok(None) => {}
+                Err(e) => return ready(Err(internal(e))),
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        self.router.do_send(RouterMsg::OnlineAmong {
+            ids: entries.iter().map(|e| e.user.id).collect(),
+            reply,
+        });
+        Box::pin(async move {
+            let online = rx.await.unwrap_or_default();
+            for entry in &mut entries {
+                entry.online =
+                    entry.state == ContactState::Accepted && online.contains(&entry.user.id);
+            }
+            Ok(Answer::Contacts(entries))
+        })
+    }
+
+    fn room_op(&self, ctx: &ConnContext, name: String, join: bool) -> Pending {
+        let me = match ctx.me() {
+            Ok(me) => me,
+            Err(e) => return ready(Err(e)),
+        };
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return ready(Err(CoreError::Invalid(
+                "room name must be 1-128 printable bytes".into(),
+            )));
+        }
+        let room = if join {
+            match self.shared.store.ensure_room(&name) {
+                Ok(id) => RoomRef { id, name },
+                Err(e) => return ready(Err(internal(e))),
+            }
+        } else {
+            match self.resolve_room(&name) {
+                Ok(room) => room,
+                Err(e) => return ready(Err(e)),
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        let origin = ctx.origin();
+        let msg = if join {
+            RoomMsg::Join {
+                user: me,
+                origin,
+                reply,
+            }
+        } else {
+            RoomMsg::Leave {
+                user: me,
+                origin,
+                reply,
+            }
+        };
+        self.router.do_send(RouterMsg::ToRoom { room, msg });
+        await_reply(rx)
+    }
+
+    fn call_op(
+        &self,
+        ctx: &ConnContext,
+        call: hub_plugin_sdk::CallId,
+        make: impl FnOnce(hub_plugin_sdk::UserId, crate::actors::call::CallReply) -> CallMsg,
+    ) -> Pending {
+        let me = match ctx.me() {
+            Ok(me) => me,
+            Err(e) => return ready(Err(e)),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.router.do_send(RouterMsg::ToCall {
+            call,
+            msg: make(me.id, reply),
+        });
+        await_reply(rx)
+    }
+
+    /// The session wrote its last backlog page and wants the next.
+    pub fn more_backlog(&self, ctx: &ConnContext) {
+        if let (Some(me), true) = (&ctx.identity, ctx.attached) {
+            self.router.do_send(RouterMsg::ToUser {
+                user: me.clone(),
+                msg: UserMsg::MoreBacklog { conn: ctx.conn },
+            });
+        }
+    }
+
+    /// The connection is gone: detach it from its user's stream.
+    pub fn disconnect(&self, ctx: &mut ConnContext) {
+        if let (Some(me), true) = (&ctx.identity, ctx.attached) {
+            self.router.do_send(RouterMsg::ToUser {
+                user: me.clone(),
+                msg: UserMsg::Detach { conn: ctx.conn },
+            });
+        }
+        ctx.attached = false;
+    }
+}

@@ -1,0 +1,394 @@
+//! The sled backend of [`Storage`].
+
+use super::codec::{be_u64, decode, encode, pair_key};
+use super::commit::{CommitHandle, Durability, Durable, GroupCommit};
+use super::{Account, ContactPair, Storage, StoreError, StoreResult, TokenRecord};
+use crate::metrics::Metrics;
+use hub_plugin_sdk::{ContactState, Delivery, EventId, EventRecord, RoomId, Seq, UserId};
+use ring::rand::{SecureRandom, SystemRandom};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Schema version of the trees below. Bump on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The sled store: one tree per kind of record.
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    accounts: sled::Tree,
+    handles: sled::Tree,
+    tokens: sled::Tree,
+    regkeys: sled::Tree,
+    contacts: sled::Tree,
+    events: sled::Tree,
+    cursors: sled::Tree,
+    rooms: sled::Tree,
+    room_names: sled::Tree,
+    members: sled::Tree,
+    /// Lock-free side of the group commit, used on the message path.
+    commit: CommitHandle,
+    /// The flusher thread, behind a Mutex only so that `close()` can stop it (never
+    /// touched on the message path).
+    flusher: Mutex<Option<GroupCommit>>,
+    rng: SystemRandom,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, durability: Durability, metrics: Arc<Metrics>) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            // Flushing is ours (group commit), not sled's timer.
+            .flush_every_ms(None)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema")? {
+            Some(bytes) => {
+                let found = be_u64("meta", &bytes, 0)? as u32;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema {
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => {
+                meta.insert("schema", &(SCHEMA_VERSION as u64).to_be_bytes())?;
+            }
+        }
+        let (flusher, commit) = GroupCommit::start(db.clone(), dir, durability, metrics);
+        Ok(SledStore {
+            meta,
+            accounts: db.open_tree("accounts")?,
+            handles: db.open_tree("handles")?,
+            tokens: db.open_tree("tokens")?,
+            regkeys: db.open_tree("regkeys")?,
+            contacts: db.open_tree("contacts")?,
+            events: db.open_tree("events")?,
+            cursors: db.open_tree("cursors")?,
+            rooms: db.open_tree("rooms")?,
+            room_names: db.open_tree("room_names")?,
+            members: db.open_tree("members")?,
+            commit,
+            flusher: Mutex::new(Some(flusher)),
+            rng: SystemRandom::new(),
+            db,
+        })
+    }
+
+    /// Stops the flusher after a last flush. Later `durable()` calls fail.
+    pub fn close(&self) {
+        if let Ok(mut flusher) = self.flusher.lock() {
+            if let Some(mut flusher) = flusher.take() {
+                flusher.stop();
+            }
+        }
+    }
+
+    fn random_u64(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        // The OS CSPRNG does not fail on Linux once booted.
+        self.rng.fill(&mut bytes).expect("system random source");
+        u64::from_be_bytes(bytes)
+    }
+
+    fn counter(&self, name: &str) -> StoreResult<u64> {
+        let next = self.meta.update_and_fetch(name, |old| {
+            let n = old
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        // update_and_fetch with a closure that always returns Some yields Some.
+        be_u64("meta", &next.expect("counter value"), 0)
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> StoreResult<T> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    })
+}
+
+impl Storage for SledStore {
+    fn create_account(
+        &self,
+        handle: &str,
+        credential: &str,
+        now_unix_ms: u64,
+    ) -> StoreResult<Account> {
+        loop {
+            let id = self.random_u64();
+            if id == 0 || self.accounts.contains_key(id.to_be_bytes())? {
+                continue;
+            }
+            let account = Account {
+                id: UserId(id),
+                handle: handle.to_owned(),
+                credential: credential.to_owned(),
+                created_unix_ms: now_unix_ms,
+                disabled: false,
+            };
+            let value = encode(&account);
+            let result = (&self.handles, &self.accounts).transaction(|(handles, accounts)| {
+                if handles.get(handle.as_bytes())?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(StoreError::HandleTaken));
+                }
+                handles.insert(handle.as_bytes(), &id.to_be_bytes())?;
+                accounts.insert(&id.to_be_bytes(), value.clone())?;
+                Ok(())
+            });
+            unwrap_tx(result)?;
+            return Ok(account);
+        }
+    }
+
+    fn account(&self, id: UserId) -> StoreResult<Option<Account>> {
+        self.accounts
+            .get(id.0.to_be_bytes())?
+            .map(|v| decode("accounts", &v))
+            .transpose()
+    }
+
+    fn account_by_handle(&self, handle: &str) -> StoreResult<Option<Account>> {
+        match self.handles.get(handle.as_bytes())? {
+            Some(id) => self.account(UserId(be_u64("handles", &id, 0)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn accounts(&self) -> StoreResult<Vec<Account>> {
+        self.accounts
+            .iter()
+            .map(|entry| decode("accounts", &entry?.1))
+            .collect()
+    }
+
+    fn set_disabled(&self, id: UserId, disabled: bool) -> StoreResult<bool> {
+        let Some(mut account) = self.account(id)? else {
+            return Ok(false);
+        };
+        account.disabled = disabled;
+        self.accounts.insert(id.0.to_be_bytes(), encode(&account))?;
+        Ok(true)
+    }
+
+    fn put_token(&self, token_hash: [u8; 32], record: &TokenRecord) -> StoreResult<()> {
+        self.tokens.insert(token_hash, encode(record))?;
+        Ok(())
+    }
+
+    fn token(&self, token_hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
+        self.tokens
+            .get(token_hash)?
+            .map(|v| decode("tokens", &v))
+            .transpose()
+    }
+
+    fn add_regkey(&self, key: [u8; 32], now_unix_ms: u64) -> StoreResult<()> {
+        self.regkeys.insert(key, &now_unix_ms.to_be_bytes())?;
+        Ok(())
+    }
+
+    fn take_regkey(&self, key: [u8; 32]) -> StoreResult<bool> {
+        Ok(self.regkeys.remove(key)?.is_some())
+    }
+
+    fn contact(&self, owner: UserId, other: UserId) -> StoreResult<Option<ContactState>> {
+        self.contacts
+            .get(pair_key(owner.0, other.0))?
+            .map(|v| decode("contacts", &v))
+            .transpose()
+    }
+
+    fn contacts(&self, owner: UserId) -> StoreResult<Vec<(UserId, ContactState)>> {
+        self.contacts
+            .scan_prefix(owner.0.to_be_bytes())
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((
+                    UserId(be_u64("contacts", &key, 8)?),
+                    decode("contacts", &value)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn transition_contacts(
+        &self,
+        a: UserId,
+        b: UserId,
+        decide: &dyn Fn(Option<ContactState>, Option<ContactState>) -> Option<ContactPair>,
+    ) -> StoreResult<Option<ContactPair>> {
+        let key_ab = pair_key(a.0, b.0);
+        let key_ba = pair_key(b.0, a.0);
+        let result = self.contacts.transaction(|tree| {
+            let read = |key: &[u8; 16]| -> Result<
+                Option<ContactState>,
+                ConflictableTransactionError<StoreError>,
+            > {
+                match tree.get(key)? {
+                    Some(v) => decode("contacts", &v)
+                        .map(Some)
+                        .map_err(ConflictableTransactionError::Abort),
+                    None => Ok(None),
+                }
+            };
+            let (state_a, state_b) = (read(&key_ab)?, read(&key_ba)?);
+            let Some((new_a, new_b)) = decide(state_a, state_b) else {
+                return Ok(None);
+            };
+            tree.insert(&key_ab, encode(&new_a))?;
+            tree.insert(&key_ba, encode(&new_b))?;
+            Ok(Some((new_a, new_b)))
+        });
+        unwrap_tx(result)
+    }
+
+    fn next_event_id(&self) -> StoreResult<EventId> {
+        // sled's id generator is monotonic across restarts and cheap (batched reservations).
+        Ok(EventId(self.db.generate_id()? + 1))
+    }
+
+    fn last_seq(&self, user: UserId) -> StoreResult<Seq> {
+        match self.events.scan_prefix(user.0.to_be_bytes()).next_back() {
+            Some(entry) => Ok(Seq(be_u64("events", &entry?.0, 8)?)),
+            None => Ok(Seq(0)),
+        }
+    }
+
+    fn append(&self, user: UserId, seq: Seq, event: &EventRecord) -> StoreResult<()> {
+        self.events.insert(pair_key(user.0, seq.0), encode(event))?;
+        Ok(())
+    }
+
+    fn events_after(
+        &self,
+        user: UserId,
+        after: Seq,
+        through: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        if through <= after {
+            return Ok(Vec::new());
+        }
+        self.events
+            .range(pair_key(user.0, after.0 + 1)..=pair_key(user.0, through.0))
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok(Delivery {
+                    seq: Seq(be_u64("events", &key, 8)?),
+                    event: decode("events", &value)?,
+                })
+            })
+            .collect()
+    }
+
+    fn events_before(&self, user: UserId, before: Seq, limit: usize) -> StoreResult<Vec<Delivery>> {
+        self.events
+            .range(pair_key(user.0, 0)..pair_key(user.0, before.0))
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok(Delivery {
+                    seq: Seq(be_u64("events", &key, 8)?),
+                    event: decode("events", &value)?,
+                })
+            })
+            .collect()
+    }
+
+    fn cursor(&self, user: UserId) -> StoreResult<Seq> {
+        match self.cursors.get(user.0.to_be_bytes())? {
+            Some(v) => Ok(Seq(be_u64("cursors", &v, 0)?)),
+            None => Ok(Seq(0)),
+        }
+    }
+
+    fn advance_cursor(&self, user: UserId, through: Seq) -> StoreResult<()> {
+        self.cursors.fetch_and_update(user.0.to_be_bytes(), |old| {
+            let old = old
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Some(old.max(through.0).to_be_bytes().to_vec())
+        })?;
+        Ok(())
+    }
+
+    fn room_by_name(&self, name: &str) -> StoreResult<Option<RoomId>> {
+        self.room_names
+            .get(name.as_bytes())?
+            .map(|v| be_u64("room_names", &v, 0).map(RoomId))
+            .transpose()
+    }
+
+    fn ensure_room(&self, name: &str) -> StoreResult<RoomId> {
+        if let Some(id) = self.room_by_name(name)? {
+            return Ok(id);
+        }
+        let id = self.counter("room_counter")?;
+        let result = (&self.room_names, &self.rooms).transaction(|(names, rooms)| {
+            if let Some(existing) = names.get(name.as_bytes())? {
+                return be_u64("room_names", &existing, 0)
+                    .map(RoomId)
+                    .map_err(ConflictableTransactionError::Abort);
+            }
+            names.insert(name.as_bytes(), &id.to_be_bytes())?;
+            rooms.insert(&id.to_be_bytes(), encode(&name.to_owned()))?;
+            Ok(RoomId(id))
+        });
+        unwrap_tx(result)
+    }
+
+    fn room_name(&self, room: RoomId) -> StoreResult<Option<String>> {
+        self.rooms
+            .get(room.0.to_be_bytes())?
+            .map(|v| decode("rooms", &v))
+            .transpose()
+    }
+
+    fn room_members(&self, room: RoomId) -> StoreResult<Vec<UserId>> {
+        self.members
+            .scan_prefix(room.0.to_be_bytes())
+            .map(|entry| Ok(UserId(be_u64("members", &entry?.0, 8)?)))
+            .collect()
+    }
+
+    fn set_member(&self, room: RoomId, user: UserId, member: bool) -> StoreResult<bool> {
+        let key = pair_key(room.0, user.0);
+        let changed = if member {
+            self.members.insert(key, &[])?.is_none()
+        } else {
+            self.members.remove(key)?.is_some()
+        };
+        Ok(changed)
+    }
+
+    fn durable(&self) -> Durable {
+        self.commit.durable()
+    }
+
+    fn flush_now(&self) -> StoreResult<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! Model test: random operations, including restarts, checked against a `BTreeMap`.
+
+use super::*;
+use crate::metrics::Metrics;
+use hub_plugin_sdk::{Content, EventBody, Origin, Target, UserRef};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// xorshift64*: deterministic, so a failure replays.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn event(id: u64, text: String) -> EventRecord {
+    let user = UserRef {
+        id: UserId(1),
+        handle: "a".into(),
+    };
+    EventRecord {
+        id: EventId(id),
+        at_unix_ms: id,
+        origin: Origin {
+            plugin: "test".into(),
+            conn: None,
+        },
+        from: user.clone(),
+        to: Target::User(user),
+        body: EventBody::Message(Content::Text(text)),
+    }
+}
+
+fn open(dir: &std::path::Path) -> SledStore {
+    SledStore::open(dir, Durability::Flush, Arc::new(Metrics::default())).unwrap()
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+#[test]
+fn streams_and_cursors_match_a_model_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let mut model: BTreeMap<(u64, u64), EventRecord> = BTreeMap::new();
+    let mut cursors: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut ids = std::collections::HashSet::new();
+    for step in 0..3000 {
+        let user = 1 + rng.below(4);
+        match rng.below(100) {
+            0..=59 => {
+                let seq = store.last_seq(UserId(user)).unwrap().0 + 1;
+                let id = store.next_event_id().unwrap();
+                assert!(ids.insert(id), "event id {id:?} repeated");
+                let record = event(id.0, format!("step {step}"));
+                store.append(UserId(user), Seq(seq), &record).unwrap();
+                block_on(store.durable()).unwrap();
+                model.insert((user, seq), record);
+            }
+            60..=74 => {
+                let last = model
+                    .range((user, 0)..(user + 1, 0))
+                    .next_back()
+                    .map_or(0, |(k, _)| k.1);
+                let through = rng.below(last + 2);
+                store.advance_cursor(UserId(user), Seq(through)).unwrap();
+                let c = cursors.entry(user).or_insert(0);
+                *c = (*c).max(through);
+            }
+            75..=94 => {
+                let after = rng.below(40);
+                let through = after + rng.below(40);
+                let limit = 1 + rng.below(10) as usize;
+                let got = store
+                    .events_after(UserId(user), Seq(after), Seq(through), limit)
+                    .unwrap();
+                let want: Vec<_> = model
+                    .range((user, after + 1)..(user, through + 1))
+                    .take(limit)
+                    .map(|(k, v)| Delivery {
+                        seq: Seq(k.1),
+                        event: v.clone(),
+                    })
+                    .collect();
+                assert_eq!(
+                    got, want,
+                    "events_after({user}, {after}, {through}, {limit}) at step {step}"
+                );
+                let before = rng.below(40);
+                let got = store
+                    .events_before(UserId(user), Seq(before), limit)
+                    .unwrap();
+                let want: Vec<_> = model
+                    .range((user, 0)..(user, before))
+                    .rev()
+                    .take(limit)
+                    .map(|(k, v)| Delivery {
+                        seq: Seq(k.1),
+                        event: v.clone(),
+                    })
+                    .collect();
+                assert_eq!(got, want, "events_before at step {step}");
+            }
+            _ => {
+                // Restart: everything acknowledged (durable) must still be there.
+                drop(store);
+                store = open(dir.path());
+            }
+        }
+        let last = model
+            .range((user, 0)..(user + 1, 0))
+            .next_back()
+            .map_or(0, |(k, _)| k.1);
+        assert_eq!(
+            store.last_seq(UserId(user)).unwrap(),
+            Seq(last),
+            "last_seq at step {step}"
+        );
+        assert_eq!(
+            store.cursor(UserId(user)).unwrap(),
+            Seq(cursors.get(&user).copied().unwrap_or(0)),
+            "cursor at step {step}"
+        );
+    }
+}
+
+#[test]
+fn accounts_handles_tokens_and_regkeys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let alice = store.create_account("alice", "$x", 5).unwrap();
+    assert!(matches!(
+        store.create_account("alice", "$y", 6),
+        Err(StoreError::HandleTaken)
+    ));
+    assert_eq!(
+        store.account_by_handle("alice").unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(store.account(alice.id).unwrap(), Some(alice.clone()));
+    assert!(store.set_disabled(alice.id, true).unwrap());
+    assert!(store.account(alice.id).unwrap().unwrap().disabled);
+    assert!(!store.set_disabled(UserId(12345), true).unwrap());
+
+    let record = TokenRecord {
+        user: alice.id,
+        expires_unix_ms: 99,
+    };
+    store.put_token([7; 32], &record).unwrap();
+    assert_eq!(store.token([7; 32]).unwrap(), Some(record));
+    assert_eq!(store.token([8; 32]).unwrap(), None);
+
+    store.add_regkey([1; 32], 0).unwrap();
+    assert!(store.take_regkey([1; 32]).unwrap());
+    assert!(
+        !store.take_regkey([1; 32]).unwrap(),
+        "a regkey is single-use"
+    );
+}
+
+#[test]
+fn contact_transitions_are_atomic_per_pair_and_rooms_keep_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (UserId(1), UserId(2));
+    let pair = store
+        .transition_contacts(a, b, &|x, y| {
+            assert_eq!((x, y), (None, None));
+            Some((ContactState::Outgoing, ContactState::Incoming))
+        })
+        .unwrap();
+    assert_eq!(pair, Some((ContactState::Outgoing, ContactState::Incoming)));
+    assert_eq!(store.contact(b, a).unwrap(), Some(ContactState::Incoming));
+    assert_eq!(
+        store.contacts(a).unwrap(),
+        vec![(b, ContactState::Outgoing)]
+    );
+    assert_eq!(store.transition_contacts(a, b, &|_, _| None).unwrap(), None);
+
+    let room = store.ensure_room("lobby").unwrap();
+    assert_eq!(store.ensure_room("lobby").unwrap(), room);
+    assert_ne!(store.ensure_room("other").unwrap(), room);
+    assert_eq!(store.room_name(room).unwrap().as_deref(), Some("lobby"));
+    assert!(store.set_member(room, a, true).unwrap());
+    assert!(!store.set_member(room, a, true).unwrap());
+    assert!(store.set_member(room, b, true).unwrap());
+    assert_eq!(store.room_members(room).unwrap(), vec![a, b]);
+    assert!(store.set_member(room, a, false).unwrap());
+    assert_eq!(store.room_members(room).unwrap(), vec![b]);
+}

@@ -1,0 +1,713 @@
+//! One JSON-protocol connection as a sans-IO state machine.
+//!
+//! ```text
+//!   Opened ──▶ Anonymous ──(signup / signin: token)──▶ Anonymous
+//!                 │
+//!                 ├─(first request with a valid session token)──▶ Authenticated(user)
+//!                 │
+//!                 └─(subscribe: token ok, Bind)──▶ Subscribed(user) ── deliveries ──▶
+//!   no subscribe within handshake_timeout ──▶ closed
+//! ```
+//!
+//! Requests that carry a session token are checked once per token (`CheckToken`); the
+//! requests that arrive meanwhile wait in `blocked`, so replies keep request order.
+//! Deliveries are acknowledged to the core with a WebSocket ping carrying the last
+//! delivered sequence number: the client's pong proves it read everything before it.
+
+use crate::render::{event_object, presence_object, SCHEME_KEY_EXCHANGE, SCHEME_MESSAGE};
+use crate::wire::{refusal_object, success, Refusal, Request, RespCode};
+use crate::Config;
+use hub_plugin_sdk::{
+    Address, Answer, CallId, CloseReason, Command, Content, CoreError, CorrelationId, HubEvent,
+    Input, LogLevel, Now, Op, Output, PasswordScheme, Seq, Session, Transmit, UserRef, WsMessage,
+};
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// What an outstanding command was for.
+#[derive(Debug)]
+enum Purpose {
+    Signup {
+        id: Option<Value>,
+    },
+    Signin {
+        id: Option<Value>,
+    },
+    /// A token check for requests waiting in `blocked`.
+    TokenCheck {
+        token: String,
+    },
+    /// Subscribe: first the token, then the bind.
+    SubscribeToken {
+        id: Option<Value>,
+        token: String,
+    },
+    SubscribeBind {
+        id: Option<Value>,
+    },
+    /// Any other request: reply according to its kind.
+    Request {
+        kind: String,
+        id: Option<Value>,
+    },
+}
+
+/// Tokens this connection has seen checked (bounded).
+const TOKEN_CACHE: usize = 16;
+
+/// One JSON-protocol session.
+pub struct JsonSession {
+    config: Arc<Config>,
+    out: VecDeque<Output>,
+    next_id: u64,
+    inflight: HashMap<u64, Purpose>,
+    /// Checked tokens: the user, or `None` for a refused token.
+    tokens: HashMap<String, Option<UserRef>>,
+    identity: Option<UserRef>,
+    subscribed: bool,
+    /// Requests waiting for a token check, in arrival order.
+    blocked: VecDeque<Request>,
+    checking: bool,
+    delivered_through: Seq,
+    acked_through: Seq,
+    ping_outstanding: bool,
+    deadline: Option<u64>,
+    closed: bool,
+}
+
+impl JsonSession {
+    /// A new session.
+    pub fn new(config: Arc<Config>) -> Self {
+        JsonSession {
+            config,
+            out: VecDeque::new(),
+            next_id: 1,
+            inflight: HashMap::new(),
+            tokens: HashMap::new(),
+            identity: None,
+            subscribed: false,
+            blocked: VecDeque::new(),
+            checking: false,
+            delivered_through: Seq(0),
+            acked_through: Seq(0),
+            ping_outstanding: false,
+            deadline: None,
+            closed: false,
+        }
+    }
+
+    fn send(&mut self, value: Value) {
+        self.out
+            .push_back(Output::Transmit(Transmit::Message(WsMessage::Text(
+                value.to_string(),
+            ))));
+    }
+
+    fn log(&mut self, level: LogLevel, message: impl Into<String>) {
+        self.out.push_back(Output::Log {
+            level,
+            message: message.into(),
+        });
+    }
+
+    fn close(&mut self, code: u16, reason: &str) {
+        if !self.closed {
+            self.closed = true;
+            self.out.push_back(Output::Close(CloseReason {
+                code: Some(code),
+                reason: reason.into(),
+            }));
+        }
+    }
+
+    fn refuse(&mut self, refusal: Refusal) {
+        let level = if refusal.code == RespCode::Internal {
+            LogLevel::Error
+        } else {
+            LogLevel::Debug
+        };
+        self.log(
+            level,
+            format!("refused {}: {}", refusal.reply_type, refusal.detail),
+        );
+        self.send(refusal_object(&refusal));
+    }
+
+    fn command(&mut self, op: Op, purpose: Purpose) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.inflight.insert(id, purpose);
+        self.out.push_back(Output::Command(Command {
+            id: CorrelationId(id),
+            op,
+        }));
+    }
+
+    fn fire_and_forget(&mut self, op: Op) {
+        self.out.push_back(Output::Command(Command {
+            id: CorrelationId::NONE,
+            op,
+        }));
+    }
+
+    fn busy(&self) -> bool {
+        self.inflight.len() + self.blocked.len() >= self.config.max_pending
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let request = match Request::parse(text) {
+            Ok(request) => request,
+            Err(refusal) => return self.refuse(refusal),
+        };
+        if self.busy() {
+            return self
+                .refuse(request.refuse(RespCode::Overloaded, "too many requests in flight"));
+        }
+        if let Err(refusal) = self.on_request(request) {
+            self.refuse(refusal);
+        }
+    }
+
+    fn on_request(&mut self, request: Request) -> Result<(), Refusal> {
+        match request.kind.as_str() {
+            "identification" => {
+                let reply = json!({
+                    "type": "identification",
+                    "version": crate::PROTOCOL_VERSION,
+                    "server": self.config.server_name,
+                    "invitations": true,
+                    "resp_code": 0,
+                });
+                self.send(reply);
+            }
+            "protocol.standard" => {
+                self.send(success(
+                    "protocol.standard",
+                    request.id(),
+                    json!({
+                        "ciphers": ["xchacha-poly1305", "aes256-gcm"],
+                        "hashes": ["argon2id", "sha256"],
+                    }),
+                ));
+            }
+            "signup" => {
+                let handle = request.text("username")?.to_owned();
+                let password = request.text("password")?.to_owned();
+                let scheme = match request.opt_text("hash").unwrap_or("argon2id") {
+                    "argon2id" => PasswordScheme::Argon2id,
+                    "sha256" => PasswordScheme::Pbkdf2Sha256,
+                    other => {
+                        return Err(request.refuse(
+                            RespCode::HashNotAvailable,
+                            format!("hash {other:?} is not offered; use argon2id or sha256"),
+                        ))
+                    }
+                };
+                self.command(
+                    Op::Signup {
+                        handle,
+                        password,
+                        scheme,
+                    },
+                    Purpose::Signup { id: request.id() },
+                );
+            }
+            "signin" => {
+                let handle = request.text("username")?.to_owned();
+                let password = request.text("password")?.to_owned();
+                self.command(
+                    Op::Signin { handle, password },
+                    Purpose::Signin { id: request.id() },
+                );
+            }
+            "subscribe" => {
+                let token = request.text("session")?.to_owned();
+                if self.subscribed {
+                    return Err(request.refuse(RespCode::Malformed, "already subscribed"));
+                }
+                self.command(
+                    Op::CheckToken {
+                        token: token.clone(),
+                    },
+                    Purpose::SubscribeToken {
+                        id: request.id(),
+                        token,
+                    },
+                );
+            }
+            _ => self.authorized(request)?,
+        }
+        Ok(())
+    }
+
+    /// Requests that act as a user: check the token (once per token), then `source`.
+    fn authorized(&mut self, request: Request) -> Result<(), Refusal> {
+        if !KNOWN_ACTIONS.contains(&request.kind.as_str()) {
+            return Err(request.refuse(
+                RespCode::UnknownType,
+                format!("unknown message type {:?}", request.kind),
+            ));
+        }
+        if self.checking {
+            self.blocked.push_back(request);
+            return Ok(());
+        }
+        let token = request.text("session")?.to_owned();
+        match self.tokens.get(&token).cloned() {
+            None => {
+                self.checking = true;
+                self.blocked.push_back(request);
+                self.command(
+                    Op::CheckToken {
+                        token: token.clone(),
+                    },
+                    Purpose::TokenCheck { token },
+                );
+                Ok(())
+            }
+            Some(None) => Err(request.refuse(RespCode::BadToken, "unknown or expired session")),
+            Some(Some(user)) => {
+                if self.identity.as_ref().is_some_and(|me| me.id != user.id) {
+                    return Err(request.refuse(
+                        RespCode::BadToken,
+                        "this connection belongs to another user",
+                    ));
+                }
+                let source = request.text("source")?;
+                if source != user.handle {
+                    return Err(request.refuse(
+                        RespCode::BadToken,
+                        format!("source {source:?} does not match the session's user"),
+                    ));
+                }
+                if self.identity.is_none() {
+                    self.identity = Some(user.clone());
+                    self.fire_and_forget(Op::Authenticate { user: user.id });
+                }
+                self.act(request)
+            }
+        }
+    }
+
+    fn remember_token(&mut self, token: String, user: Option<UserRef>) {
+        if self.tokens.len() >= TOKEN_CACHE {
+            self.tokens.clear();
+        }
+        self.tokens.insert(token, user);
+    }
+
+    /// Turns an authorized request into a core command.
+    fn act(&mut self, request: Request) -> Result<(), Refusal> {
+        let kind = request.kind.clone();
+        let purpose = Purpose::Request {
+            kind: kind.clone(),
+            id: request.id(),
+        };
+        let op = match kind.as_str() {
+            "invite.request" => Op::Invite {
+                to: Address::Handle(request.text("dest")?.to_owned()),
+            },
+            "invite.accept" | "invite.reject" => Op::InviteReply {
+                to: Address::Handle(request.text("dest")?.to_owned()),
+                accept: kind == "invite.accept",
+            },
+            "message" => {
+                let to = destination(request.text("dest")?);
+                let has_nonce = request.opt_text("nonce").is_some_and(|n| !n.is_empty());
+                let content = if has_nonce {
+                    Content::Sealed {
+                        scheme: SCHEME_MESSAGE.into(),
+                        bytes: forwardable(&request),
+                    }
+                } else {
+                    Content::Text(request.text("message")?.to_owned())
+                };
+                Op::Send { to, content }
+            }
+            "key_exchange.initiate" | "key_exchange.responder" => {
+                let dest = request.text("dest")?;
+                if dest.starts_with('#') {
+                    return Err(
+                        request.refuse(RespCode::Malformed, "key exchange is between two users")
+                    );
+                }
+                Op::Send {
+                    to: Address::Handle(dest.to_owned()),
+                    content: Content::Sealed {
+                        scheme: format!("{SCHEME_KEY_EXCHANGE}{}", &kind["key_exchange.".len()..]),
+                        bytes: forwardable(&request),
+                    },
+                }
+            }
+            "room.join" | "room.leave" => {
+                let dest = request.text("dest")?;
+                let Some(room) = dest.strip_prefix('#') else {
+                    return Err(request.refuse(RespCode::Malformed, "a room is written #name"));
+                };
+                if kind == "room.join" {
+                    Op::JoinRoom {
+                        room: room.to_owned(),
+                    }
+                } else {
+                    Op::LeaveRoom {
+                        room: room.to_owned(),
+                    }
+                }
+            }
+            "contacts" => Op::Contacts,
+            "call.start" => Op::CallStart {
+                to: Address::Handle(request.text("dest")?.to_owned()),
+                data: call_data(&request),
+            },
+            "call.accept" | "call.reject" => Op::CallReply {
+                call: call_id(&request)?,
+                accept: kind == "call.accept",
+                data: call_data(&request),
+            },
+            "call.signal" => Op::CallSignal {
+                call: call_id(&request)?,
+                data: call_data(&request),
+            },
+            "call.hangup" => Op::CallHangup {
+                call: call_id(&request)?,
+            },
+            // KNOWN_ACTIONS and this match list the same kinds.
+            _ => return Err(request.refuse(RespCode::UnknownType, "unknown message type")),
+        };
+        self.command(op, purpose);
+        Ok(())
+    }
+
+    fn unblock(&mut self) {
+        while !self.checking {
+            let Some(request) = self.blocked.pop_front() else {
+                break;
+            };
+            if let Err(refusal) = self.authorized(request) {
+                self.refuse(refusal);
+            }
+        }
+    }
+
+    fn on_answer(&mut self, id: CorrelationId, result: Result<Answer, CoreError>) {
+        let Some(purpose) = self.inflight.remove(&id.0) else {
+            return; // answers to fire-and-forget commands
+        };
+        match purpose {
+            Purpose::Signup { id } => self.on_account_answer("signup", id, result),
+            Purpose::Signin { id } => self.on_account_answer("signin", id, result),
+            Purpose::TokenCheck { token } => {
+                self.checking = false;
+                match result {
+                    Ok(Answer::Session { user, .. }) => self.remember_token(token, Some(user)),
+                    _ => self.remember_token(token, None),
+                }
+                self.unblock();
+            }
+            Purpose::SubscribeToken { id, token } => match result {
+                Ok(Answer::Session { user, .. }) => {
+                    if self.identity.as_ref().is_some_and(|me| me.id != user.id) {
+                        return self
+                            .subscribe_failed(id, "this connection belongs to another user");
+                    }
+                    self.remember_token(token, Some(user.clone()));
+                    self.identity = Some(user.clone());
+                    self.command(Op::Bind { user: user.id }, Purpose::SubscribeBind { id });
+                }
+                Ok(other) => self.unexpected(&other),
+                Err(error) => self.subscribe_failed(id, &error.to_string()),
+            },
+            Purpose::SubscribeBind { id } => match result {
+                Ok(Answer::Bound { user, cursor }) => {
+                    self.subscribed = true;
+                    self.deadline = None;
+                    self.delivered_through = cursor;
+                    self.acked_through = cursor;
+                    self.log(
+                        LogLevel::Debug,
+                        format!("subscribed as {} from seq {}", user.handle, cursor.0),
+                    );
+                    self.send(success("subscribe", id, json!({})));
+                }
+                Ok(other) => self.unexpected(&other),
+                Err(error) => self.subscribe_failed(id, &error.to_string()),
+            },
+            Purpose::Request { kind, id } => self.on_request_answer(kind, id, result),
+        }
+    }
+
+    fn on_request_answer(
+        &mut self,
+        kind: String,
+        id: Option<Value>,
+        result: Result<Answer, CoreError>,
+    ) {
+        match result {
+            Err(error) => {
+                let code = RespCode::from_core(&error);
+                self.refuse(Refusal {
+                    reply_type: kind,
+                    code,
+                    detail: error.to_string(),
+                    id,
+                });
+            }
+            Ok(answer) => match (kind.as_str(), answer) {
+                ("call.start", Answer::Call { call }) => {
+                    self.send(success(
+                        "call.start",
+                        id,
+                        json!({ "call": call.0.to_string() }),
+                    ));
+                }
+                ("contacts", Answer::Contacts(entries)) => {
+                    let list: Vec<Value> = entries
+                        .iter()
+                        .map(|e| {
+                            json!({
+                                "user": e.user.handle,
+                                "state": format!("{:?}", e.state).to_lowercase(),
+                                "online": e.online,
+                            })
+                        })
+                        .collect();
+                    self.send(success("contacts", id, json!({ "contacts": list })));
+                }
+                ("room.join" | "room.leave", answer) => {
+                    let mut extra = json!({});
+                    if let Answer::Room(room) = answer {
+                        extra = json!({ "dest": format!("#{}", room.name) });
+                    }
+                    self.send(success(&kind, id, extra));
+                }
+                (_, answer) => {
+                    // Spec messages get no reply of their own; a client that sent an "id"
+                    // gets an "ack" once the hub has stored the event (hub extension).
+                    if let Some(id) = id {
+                        let mut ack =
+                            json!({ "type": "ack", "request": kind, "id": id, "resp_code": 0 });
+                        if let Answer::Accepted { event } = answer {
+                            ack["event"] = json!(event.0);
+                        }
+                        self.send(ack);
+                    } else if kind.starts_with("call.") {
+                        self.send(success(&kind, None, json!({})));
+                    }
+                }
+            },
+        }
+    }
+
+    fn subscribe_failed(&mut self, id: Option<Value>, detail: &str) {
+        // The spec: a bad subscribe token is answered with code 1, then the client is
+        // disconnected.
+        self.refuse(Refusal {
+            reply_type: "subscribe".into(),
+            code: RespCode::BadToken,
+            detail: detail.into(),
+            id,
+        });
+        self.close(1008, "subscribe refused");
+    }
+
+    fn unexpected(&mut self, answer: &Answer) {
+        self.log(
+            LogLevel::Error,
+            format!("unexpected core answer {answer:?}"),
+        );
+        self.send(json!({"type": "error", "resp_code": RespCode::Internal as u8, "error": "internal error"}));
+    }
+
+    /// Replies to signup and signin. Real clients expect every signin reply to say
+    /// `"type": "signup"` (WIRE-FACTS), so both do; the extra `request` field tells a
+    /// spec-following client which request it answers.
+    fn on_account_answer(
+        &mut self,
+        request: &str,
+        id: Option<Value>,
+        result: Result<Answer, CoreError>,
+    ) {
+        let mut reply = match result {
+            Ok(Answer::Session { token, .. }) => success("signup", id, json!({ "session": token })),
+            Ok(other) => return self.unexpected(&other),
+            Err(error) => {
+                self.log(LogLevel::Debug, format!("{request} refused: {error}"));
+                refusal_object(&Refusal {
+                    reply_type: "signup".into(),
+                    code: RespCode::from_core(&error),
+                    detail: error.to_string(),
+                    id,
+                })
+            }
+        };
+        reply["request"] = json!(request);
+        self.send(reply);
+    }
+
+    fn on_event(&mut self, event: HubEvent) {
+        match event {
+            HubEvent::Answer { id, result } => self.on_answer(id, result),
+            HubEvent::Deliver(delivery) => {
+                match event_object(&delivery.event) {
+                    Ok(object) => self.send(object),
+                    Err(why) => self.log(
+                        LogLevel::Warn,
+                        format!("event {} not shown: {why}", delivery.event.id.0),
+                    ),
+                }
+                self.delivered_through = self.delivered_through.max(delivery.seq);
+                self.ping_for_receipt();
+            }
+            HubEvent::Presence { user, online } => self.send(presence_object(&user, online)),
+            HubEvent::Shutdown => self.close(1001, "server shutting down"),
+            HubEvent::Kicked { reason } => {
+                self.send(json!({"type": "error", "resp_code": RespCode::Overloaded as u8, "error": reason}));
+                self.close(1013, "dropped by the server");
+            }
+        }
+    }
+
+    /// Asks the client for a pong carrying the last delivered seq (one ping in flight).
+    fn ping_for_receipt(&mut self) {
+        if !self.ping_outstanding && self.delivered_through > self.acked_through {
+            self.ping_outstanding = true;
+            let payload = self.delivered_through.0.to_be_bytes().to_vec();
+            self.out
+                .push_back(Output::Transmit(Transmit::Message(WsMessage::Ping(
+                    payload,
+                ))));
+        }
+    }
+
+    fn on_pong(&mut self, payload: &[u8]) {
+        let Ok(bytes) = <[u8; 8]>::try_from(payload) else {
+            return; // not one of ours (e.g. the hub's own keep-alive)
+        };
+        let through = Seq(u64::from_be_bytes(bytes));
+        self.ping_outstanding = false;
+        if through > self.acked_through && through <= self.delivered_through {
+            self.acked_through = through;
+            self.fire_and_forget(Op::Ack { through });
+        }
+        self.ping_for_receipt();
+    }
+}
+
+/// Request kinds that act as a signed-in user.
+const KNOWN_ACTIONS: &[&str] = &[
+    "invite.request",
+    "invite.accept",
+    "invite.reject",
+    "message",
+    "key_exchange.initiate",
+    "key_exchange.responder",
+    "room.join",
+    "room.leave",
+    "contacts",
+    "call.start",
+    "call.accept",
+    "call.reject",
+    "call.signal",
+    "call.hangup",
+];
+
+/// `#name` is a room, anything else a user's handle.
+fn destination(dest: &str) -> Address {
+    match dest.strip_prefix('#') {
+        Some(room) => Address::Room(room.to_owned()),
+        None => Address::Handle(dest.to_owned()),
+    }
+}
+
+/// The request as forwarded to the recipient: everything but `session` and `id`.
+fn forwardable(request: &Request) -> Vec<u8> {
+    let mut body = request.body.clone();
+    body.remove("session");
+    body.remove("id");
+    Value::Object(body).to_string().into_bytes()
+}
+
+fn call_id(request: &Request) -> Result<CallId, Refusal> {
+    let parsed = match request.body.get("call") {
+        Some(Value::String(s)) => s.parse().ok(),
+        Some(Value::Number(n)) => n.as_u64(),
+        _ => None,
+    };
+    parsed
+        .map(CallId)
+        .ok_or_else(|| request.refuse(RespCode::Malformed, "missing call id \"call\""))
+}
+
+fn call_data(request: &Request) -> Vec<u8> {
+    request
+        .body
+        .get("data")
+        .map(|d| d.to_string().into_bytes())
+        .unwrap_or_default()
+}
+
+impl Session for JsonSession {
+    fn handle_input(&mut self, now: Now, input: Input) {
+        match input {
+            Input::Opened => {
+                self.deadline = Some(now.mono_ms + self.config.handshake_timeout_ms);
+            }
+            Input::Message(WsMessage::Text(text)) => {
+                if !self.closed {
+                    self.on_text(&text);
+                }
+            }
+            Input::Message(WsMessage::Pong(payload)) => self.on_pong(&payload),
+            Input::Message(WsMessage::Binary(_)) => self.refuse(Refusal {
+                reply_type: "error".into(),
+                code: RespCode::Malformed,
+                detail: "binary frames are not accepted: send JSON in text frames".into(),
+                id: None,
+            }),
+            Input::Message(WsMessage::Ping(_)) => {}
+            Input::Event(event) => self.on_event(event),
+            Input::Timeout => {
+                if self.deadline.is_some_and(|d| d <= now.mono_ms) {
+                    self.deadline = None;
+                    self.refuse(Refusal {
+                        reply_type: "error".into(),
+                        code: RespCode::BadToken,
+                        detail: "no subscribe in time".into(),
+                        id: None,
+                    });
+                    self.close(1008, "no subscribe in time");
+                }
+            }
+            Input::TooLarge { limit } => {
+                self.refuse(Refusal {
+                    reply_type: "error".into(),
+                    code: RespCode::TooLarge,
+                    detail: format!("frame larger than {limit} bytes"),
+                    id: None,
+                });
+                self.close(1009, "frame too large");
+            }
+            Input::Closed { clean } => {
+                self.closed = true;
+                // A clean goodbye counts as proof of receipt (DESIGN: delivery cursor).
+                if clean && self.delivered_through > self.acked_through {
+                    self.acked_through = self.delivered_through;
+                    self.fire_and_forget(Op::Ack {
+                        through: self.delivered_through,
+                    });
+                }
+            }
+            Input::Bytes(_) | Input::Request(_) => {
+                self.log(LogLevel::Error, "JSON plugin fed a non-WebSocket input");
+                self.close(1011, "internal error");
+            }
+        }
+    }
+
+    fn poll_output(&mut self) -> Output {
+        self.out
+            .pop_front()
+            .unwrap_or(Output::Timeout(self.deadline))
+    }
+}

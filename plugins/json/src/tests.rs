@@ -1,0 +1,291 @@
+//! The JSON session as a state machine: inputs in, outputs checked, no sockets.
+
+use super::*;
+use hub_plugin_sdk::testing::{session_info, Harness};
+use hub_plugin_sdk::{
+    Answer, CallId, Command, Content, CoreError, CorrelationId, Delivery, EventBody, EventId,
+    EventRecord, HubEvent, Input, Op, Origin, Output, Seq, Target, Transmit, UserId, UserRef,
+    WsMessage,
+};
+use serde_json::{json, Value};
+
+fn session() -> Harness<JsonSession> {
+    let protocol =
+        Json::from_config(&json!({"handshake_timeout_secs": 5, "enabled": true})).unwrap();
+    let mut harness = Harness::new(protocol.open(session_info(Transport::WebSocket)));
+    assert!(harness.input(Input::Opened).is_empty());
+    harness
+}
+
+fn text(value: Value) -> Input {
+    Input::Message(WsMessage::Text(value.to_string()))
+}
+
+fn sent(outputs: &[Output]) -> Vec<Value> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Transmit(Transmit::Message(WsMessage::Text(t))) => {
+                Some(serde_json::from_str(t).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn commands(outputs: &[Output]) -> Vec<Command> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Command(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn answer(id: CorrelationId, result: Result<Answer, CoreError>) -> Input {
+    Input::Event(HubEvent::Answer { id, result })
+}
+
+fn alice() -> UserRef {
+    UserRef {
+        id: UserId(7),
+        handle: "alice".into(),
+    }
+}
+
+fn session_answer() -> Result<Answer, CoreError> {
+    Ok(Answer::Session {
+        token: "tok".into(),
+        user: alice(),
+        expires_unix_ms: u64::MAX,
+    })
+}
+
+#[test]
+fn identification_and_standards_are_answered_locally() {
+    let mut h = session();
+    let out = sent(&h.input(text(json!({"type": "identification", "version": "1.0.0"}))));
+    assert_eq!(out[0]["type"], "identification");
+    assert_eq!(out[0]["resp_code"], 0);
+    assert_eq!(out[0]["invitations"], true);
+    let out = sent(&h.input(text(
+        json!({"type": "protocol.standard", "standards": "ciphers,hashes"}),
+    )));
+    assert_eq!(out[0]["hashes"], json!(["argon2id", "sha256"]));
+}
+
+#[test]
+fn signin_reply_says_signup_and_errors_carry_codes() {
+    let mut h = session();
+    let outs = h.input(text(
+        json!({"type": "signin", "username": "alice", "password": "pw"}),
+    ));
+    let cmd = &commands(&outs)[0];
+    assert_eq!(
+        cmd.op,
+        Op::Signin {
+            handle: "alice".into(),
+            password: "pw".into()
+        }
+    );
+    let out = sent(&h.input(answer(cmd.id, session_answer())));
+    assert_eq!(
+        out[0],
+        json!({"type": "signup", "resp_code": 0, "session": "tok", "request": "signin"})
+    );
+
+    let outs = h.input(text(
+        json!({"type": "signin", "username": "bob", "password": "pw"}),
+    ));
+    let cmd = &commands(&outs)[0];
+    let out = sent(&h.input(answer(cmd.id, Err(CoreError::NoSuchUser))));
+    assert_eq!(out[0]["resp_code"], 5);
+    assert_eq!(out[0]["session"], "");
+
+    let out = sent(&h.input(text(
+        json!({"type": "signup", "username": "x", "password": "y", "hash": "md5"}),
+    )));
+    assert_eq!(out[0]["resp_code"], 3);
+}
+
+#[test]
+fn message_checks_token_once_then_source_and_keeps_order() {
+    let mut h = session();
+    let msg = |n: u32| {
+        text(
+            json!({"type": "message", "session": "tok", "source": "alice", "dest": "bob", "nonce": "n", "message": format!("m{n}")}),
+        )
+    };
+    let outs = h.input(msg(1));
+    let check = &commands(&outs)[0];
+    assert_eq!(
+        check.op,
+        Op::CheckToken {
+            token: "tok".into()
+        }
+    );
+    // A second request while the check is out waits behind the first.
+    assert!(commands(&h.input(msg(2))).is_empty());
+    let outs = h.input(answer(check.id, session_answer()));
+    let cmds = commands(&outs);
+    assert_eq!(cmds[0].op, Op::Authenticate { user: UserId(7) });
+    let bodies: Vec<Value> = cmds[1..]
+        .iter()
+        .map(|c| match &c.op {
+            Op::Send {
+                to,
+                content: Content::Sealed { scheme, bytes },
+            } => {
+                assert_eq!(to, &hub_plugin_sdk::Address::Handle("bob".into()));
+                assert_eq!(scheme, "json/message");
+                serde_json::from_slice(bytes).unwrap()
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(bodies[0]["message"], "m1");
+    assert_eq!(bodies[1]["message"], "m2");
+    assert!(
+        bodies[0].get("session").is_none(),
+        "the token is never forwarded"
+    );
+
+    // Spoofed source: refused with BAD_TOKEN, nothing sent to the core.
+    let outs = h.input(text(json!({"type": "message", "session": "tok", "source": "mallory", "dest": "bob", "message": "x"})));
+    assert!(commands(&outs).is_empty());
+    assert_eq!(sent(&outs)[0]["resp_code"], 1);
+}
+
+#[test]
+fn bad_input_gets_resp_codes_and_the_session_survives() {
+    let mut h = session();
+    let out = sent(&h.input(Input::Message(WsMessage::Text("{not json".into()))));
+    assert_eq!(
+        (out[0]["type"].clone(), out[0]["resp_code"].clone()),
+        (json!("error"), json!(7))
+    );
+    let out = sent(&h.input(text(json!({"type": "teleport", "session": "t"}))));
+    assert_eq!(out[0]["resp_code"], 8);
+    let out = sent(&h.input(text(json!([1, 2]))));
+    assert_eq!(out[0]["resp_code"], 7);
+    let out = sent(&h.input(text(json!({"type": "signup", "username": 5}))));
+    assert_eq!(out[0]["resp_code"], 7);
+    let outs = h.input(Input::TooLarge { limit: 10 });
+    assert_eq!(sent(&outs)[0]["resp_code"], 10);
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::Close(c) if c.code == Some(1009))));
+}
+
+fn subscribed() -> Harness<JsonSession> {
+    let mut h = session();
+    let outs = h.input(text(json!({"type": "subscribe", "session": "tok"})));
+    let check = commands(&outs)[0].clone();
+    let outs = h.input(answer(check.id, session_answer()));
+    let bind = commands(&outs)[0].clone();
+    assert_eq!(bind.op, Op::Bind { user: UserId(7) });
+    let out = sent(&h.input(answer(
+        bind.id,
+        Ok(Answer::Bound {
+            user: alice(),
+            cursor: Seq(3),
+        }),
+    )));
+    assert_eq!(out[0], json!({"type": "subscribe", "resp_code": 0}));
+    h
+}
+
+fn delivery(seq: u64, body: EventBody) -> Input {
+    Input::Event(HubEvent::Deliver(Delivery {
+        seq: Seq(seq),
+        event: EventRecord {
+            id: EventId(100 + seq),
+            at_unix_ms: 0,
+            origin: Origin {
+                plugin: "json".into(),
+                conn: None,
+            },
+            from: UserRef {
+                id: UserId(8),
+                handle: "bob".into(),
+            },
+            to: Target::User(alice()),
+            body,
+        },
+    }))
+}
+
+#[test]
+fn deliveries_are_acknowledged_by_pong_not_before() {
+    let mut h = subscribed();
+    let outs = h.input(delivery(4, EventBody::Message(Content::Text("hi".into()))));
+    assert_eq!(
+        sent(&outs)[0],
+        json!({"type": "message", "source": "bob", "dest": "alice", "message": "hi"})
+    );
+    assert!(commands(&outs).is_empty(), "no ack before proof of receipt");
+    let ping = outs.iter().find_map(|o| match o {
+        Output::Transmit(Transmit::Message(WsMessage::Ping(p))) => Some(p.clone()),
+        _ => None,
+    });
+    assert_eq!(ping, Some(4u64.to_be_bytes().to_vec()));
+    // More deliveries while the ping is out: no second ping yet.
+    let outs = h.input(delivery(
+        5,
+        EventBody::Contact(hub_plugin_sdk::ContactNotice::Requested),
+    ));
+    assert_eq!(
+        sent(&outs)[0],
+        json!({"type": "invite.request", "source": "bob", "dest": "alice"})
+    );
+    assert!(!outs
+        .iter()
+        .any(|o| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(_))))));
+    let outs = h.input(Input::Message(WsMessage::Pong(4u64.to_be_bytes().to_vec())));
+    assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(4) });
+    assert!(outs.iter().any(|o| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(p))) if p == &5u64.to_be_bytes().to_vec())));
+    // A clean close acknowledges the rest.
+    let outs = h.input(Input::Closed { clean: true });
+    assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(5) });
+}
+
+#[test]
+fn calls_map_to_core_commands_and_events() {
+    let mut h = subscribed();
+    let outs = h.input(text(json!({"type": "call.start", "session": "tok", "source": "alice", "dest": "bob", "data": {"sdp": "x"}})));
+    let cmd = commands(&outs)[0].clone();
+    assert_eq!(
+        cmd.op,
+        Op::CallStart {
+            to: hub_plugin_sdk::Address::Handle("bob".into()),
+            data: br#"{"sdp":"x"}"#.to_vec()
+        }
+    );
+    let out = sent(&h.input(answer(cmd.id, Err(CoreError::Busy))));
+    assert_eq!(out[0]["resp_code"], 12);
+    let outs = h.input(delivery(
+        6,
+        EventBody::Call {
+            call: CallId(3),
+            notice: hub_plugin_sdk::CallNotice::Ring {
+                data: br#"{"sdp":"y"}"#.to_vec(),
+            },
+        },
+    ));
+    assert_eq!(
+        sent(&outs)[0],
+        json!({"type": "call.ring", "call": "3", "source": "bob", "dest": "alice", "data": {"sdp": "y"}})
+    );
+}
+
+#[test]
+fn unsubscribed_connections_time_out() {
+    let mut h = session();
+    assert_eq!(h.deadline(), Some(5000));
+    assert!(h.advance(4999).is_empty());
+    let outs = h.advance(1);
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::Close(c) if c.code == Some(1008))));
+}

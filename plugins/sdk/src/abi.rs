@@ -1,0 +1,100 @@
+//! The C ABI between the hub and a plugin `cdylib`.
+//!
+//! A plugin exports one symbol, [`ENTRY_SYMBOL`], an `extern "C" fn() -> *const
+//! PluginVTable`. The vtable's first field is [`PluginVTable::abi_version`]; the hub reads
+//! it before touching anything else and refuses a library whose version is not
+//! [`ABI_VERSION`]. The vtable only ever grows by appending fields, and every change to it
+//! bumps [`ABI_VERSION`].
+//!
+//! Only `#[repr(C)]` data, byte slices and `extern "C"` function pointers cross the
+//! boundary. Structured values are postcard-encoded SDK types (config is JSON text).
+//! Memory is freed by the side that allocated it: buffers the plugin returns are given
+//! back through [`PluginVTable::free_buf`].
+//!
+//! Every function returns a status: [`STATUS_OK`] (the out-buffer holds the result),
+//! [`STATUS_ERROR`] (it holds a UTF-8 error text) or [`STATUS_PANIC`] (the plugin code
+//! panicked; the buffer holds the panic message and the session must be closed).
+
+use std::ffi::c_void;
+
+/// Version of this ABI. The hub refuses plugins built against another one.
+pub const ABI_VERSION: u32 = 1;
+
+/// The one symbol a plugin exports (NUL-terminated for `dlsym`).
+pub const ENTRY_SYMBOL: &[u8] = b"hub_plugin_entry\0";
+
+/// Success: the out-buffer holds the postcard-encoded result.
+pub const STATUS_OK: u32 = 0;
+/// A refusal: the out-buffer holds a UTF-8 error text.
+pub const STATUS_ERROR: u32 = 1;
+/// The plugin panicked: the out-buffer holds the panic message.
+pub const STATUS_PANIC: u32 = 2;
+
+/// A byte buffer allocated by the plugin and handed to the hub, which must return it
+/// through [`PluginVTable::free_buf`] (a `Vec<u8>`'s raw parts).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RBuf {
+    /// Start of the bytes (dangling but non-null when empty).
+    pub ptr: *mut u8,
+    /// Number of bytes.
+    pub len: usize,
+    /// Allocated capacity.
+    pub cap: usize,
+}
+
+impl RBuf {
+    /// An empty buffer that owns nothing (safe to pass to `free_buf`).
+    pub const fn empty() -> RBuf {
+        RBuf {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+            cap: 0,
+        }
+    }
+}
+
+/// Returns the vtable; the type of the exported [`ENTRY_SYMBOL`].
+pub type EntryFn = unsafe extern "C" fn() -> *const PluginVTable;
+
+/// The plugin's function table.
+///
+/// Pointer arguments follow one rule: `(ptr, len)` pairs are byte slices owned by the
+/// caller and valid for the call; `out` points to an [`RBuf`] the callee fills.
+#[repr(C)]
+pub struct PluginVTable {
+    /// Must equal the hub's [`ABI_VERSION`]. Read first, before any other field.
+    pub abi_version: u32,
+    /// Writes the postcard-encoded [`crate::Manifest`] to `out`.
+    pub manifest: unsafe extern "C" fn(out: *mut RBuf) -> u32,
+    /// Builds a protocol instance from JSON config bytes; on success `*instance` is set.
+    pub create: unsafe extern "C" fn(
+        config_ptr: *const u8,
+        config_len: usize,
+        instance: *mut *mut c_void,
+        out: *mut RBuf,
+    ) -> u32,
+    /// Drops an instance made by `create`; every session of it must be closed first.
+    pub destroy: unsafe extern "C" fn(instance: *mut c_void),
+    /// Opens a session from a postcard-encoded [`crate::SessionInfo`]; on success
+    /// `*session` is set. Callable from any thread concurrently.
+    pub open: unsafe extern "C" fn(
+        instance: *mut c_void,
+        info_ptr: *const u8,
+        info_len: usize,
+        session: *mut *mut c_void,
+        out: *mut RBuf,
+    ) -> u32,
+    /// Feeds a postcard-encoded `(Now, Input)` to a session and writes the postcard-encoded
+    /// `Vec<Output>` (drained up to and including the `Output::Timeout`) to `out`.
+    pub drive: unsafe extern "C" fn(
+        session: *mut c_void,
+        input_ptr: *const u8,
+        input_len: usize,
+        out: *mut RBuf,
+    ) -> u32,
+    /// Drops a session made by `open`.
+    pub close: unsafe extern "C" fn(session: *mut c_void),
+    /// Frees a buffer the plugin returned.
+    pub free_buf: unsafe extern "C" fn(buf: RBuf),
+}

@@ -1,0 +1,298 @@
+//! Asking the core: commands a session emits and the answers and events it receives.
+
+use crate::event::{Address, Content, Delivery, RoomRef, UserRef};
+use crate::ids::{CallId, CorrelationId, Seq, UserId};
+use serde::{Deserialize, Serialize};
+
+/// How a new account's password is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PasswordScheme {
+    /// Argon2id (the default).
+    Argon2id,
+    /// PBKDF2-HMAC-SHA256 with a per-user salt (what JSON clients call "sha256").
+    Pbkdf2Sha256,
+}
+
+/// A request to the core. The answer arrives as [`HubEvent::Answer`] with the same `id`
+/// (unless `id` is [`CorrelationId::NONE`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Chosen by the plugin, echoed in the answer.
+    pub id: CorrelationId,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The operations the core offers to plugins.
+///
+/// Operations "as the session's user" need the session to be bound to a user first
+/// ([`Op::Bind`]); otherwise they are answered with [`CoreError::NotBound`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create an account and a session token. Answer: [`Answer::Session`].
+    Signup {
+        /// Unique handle.
+        handle: String,
+        /// Password in clear (hashed by the core, never stored).
+        password: String,
+        /// How to store it.
+        scheme: PasswordScheme,
+    },
+    /// Check a password and issue a session token. Answer: [`Answer::Session`].
+    Signin {
+        /// Handle.
+        handle: String,
+        /// Password in clear.
+        password: String,
+    },
+    /// Look up a session token. Answer: [`Answer::Session`] (same token).
+    CheckToken {
+        /// The token as the client sent it.
+        token: String,
+    },
+    /// Make `user` this connection's acting identity, without subscribing to deliveries
+    /// (for clients that send before they subscribe). A connection has at most one
+    /// identity: another user is refused with [`CoreError::Forbidden`]. Answer:
+    /// [`Answer::User`].
+    Authenticate {
+        /// The user, as proven by the plugin (token, signature...).
+        user: UserId,
+    },
+    /// Bind this connection to a user: from now on the core delivers the user's stream
+    /// (stored events after the user's delivery cursor first, then live ones) and presence
+    /// to this session, and the user is online. Answer: [`Answer::Bound`].
+    Bind {
+        /// The user, as proven by the plugin (token, signature...).
+        user: UserId,
+    },
+    /// Resolve an address to a user or room. Answer: [`Answer::User`] or [`Answer::Room`].
+    Resolve {
+        /// What to look up.
+        address: Address,
+    },
+    /// Send a message as the bound user. Answer: [`Answer::Accepted`] once the event is
+    /// durably stored for every recipient.
+    Send {
+        /// User or room.
+        to: Address,
+        /// The content.
+        content: Content,
+    },
+    /// Proof of receipt: the client has everything in the bound user's stream up to and
+    /// including `through`. No answer.
+    Ack {
+        /// Last received position.
+        through: Seq,
+    },
+    /// Ask `to` to become a contact (accepts a pending request from `to`). Answer:
+    /// [`Answer::Done`].
+    Invite {
+        /// The other user.
+        to: Address,
+    },
+    /// Answer a contact request from `to`. Answer: [`Answer::Done`].
+    InviteReply {
+        /// The user who asked.
+        to: Address,
+        /// Accept or reject.
+        accept: bool,
+    },
+    /// The bound user's contacts. Answer: [`Answer::Contacts`].
+    Contacts,
+    /// Join a room (created if it does not exist). Answer: [`Answer::Room`].
+    JoinRoom {
+        /// Room name without `#`.
+        room: String,
+    },
+    /// Leave a room. Answer: [`Answer::Done`].
+    LeaveRoom {
+        /// Room name without `#`.
+        room: String,
+    },
+    /// Ring `to`. Answer: [`Answer::Call`]; errors [`CoreError::Offline`],
+    /// [`CoreError::Busy`].
+    CallStart {
+        /// Callee.
+        to: Address,
+        /// Opaque offer.
+        data: Vec<u8>,
+    },
+    /// Accept or reject a ringing call. Answer: [`Answer::Done`].
+    CallReply {
+        /// The call.
+        call: CallId,
+        /// Accept or reject.
+        accept: bool,
+        /// Opaque answer data.
+        data: Vec<u8>,
+    },
+    /// Relay opaque data to the other party of an established call. Answer: [`Answer::Done`].
+    CallSignal {
+        /// The call.
+        call: CallId,
+        /// Opaque data.
+        data: Vec<u8>,
+    },
+    /// Hang up (or cancel a ringing call). Answer: [`Answer::Done`].
+    CallHangup {
+        /// The call.
+        call: CallId,
+    },
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// A valid session token.
+    Session {
+        /// The token (give it to the client).
+        token: String,
+        /// Its user.
+        user: UserRef,
+        /// Expiry, milliseconds since the Unix epoch.
+        expires_unix_ms: u64,
+    },
+    /// The connection is bound; stored events follow as [`HubEvent::Deliver`].
+    Bound {
+        /// The user.
+        user: UserRef,
+        /// The user's delivery cursor: events after it follow.
+        cursor: Seq,
+    },
+    /// A resolved user.
+    User(UserRef),
+    /// A resolved or joined room.
+    Room(RoomRef),
+    /// The event is durably stored for every recipient.
+    Accepted {
+        /// Its id.
+        event: crate::ids::EventId,
+    },
+    /// A call was started and is ringing.
+    Call {
+        /// The call.
+        call: CallId,
+    },
+    /// The bound user's contacts.
+    Contacts(Vec<ContactEntry>),
+    /// Done, nothing to report.
+    Done,
+}
+
+/// One contact of the bound user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactEntry {
+    /// The other user.
+    pub user: UserRef,
+    /// Relation from the bound user's side.
+    pub state: ContactState,
+    /// Whether the other user is online now (only for accepted contacts).
+    pub online: bool,
+}
+
+/// Contact relation as seen by one side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContactState {
+    /// I asked, no answer yet.
+    Outgoing,
+    /// They asked, I have not answered.
+    Incoming,
+    /// Both agreed: presence flows.
+    Accepted,
+    /// The request was rejected.
+    Rejected,
+}
+
+/// Why the core refused a command. Plugins map these to their protocol's error form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoreError {
+    /// The handle is taken.
+    HandleTaken,
+    /// The handle is not acceptable (empty, too long, control characters, leading `#`).
+    BadHandle,
+    /// No such user.
+    NoSuchUser,
+    /// No such room.
+    NoSuchRoom,
+    /// Wrong password.
+    BadPassword,
+    /// The account is disabled by an operator.
+    Disabled,
+    /// Unknown or expired session token.
+    BadToken,
+    /// The session has no bound user.
+    NotBound,
+    /// The bound user may not do this.
+    Forbidden,
+    /// The other user is not online.
+    Offline,
+    /// The user is already in a call.
+    Busy,
+    /// No such call, or not a party of it.
+    NoSuchCall,
+    /// Not a member of the room.
+    NotMember,
+    /// The request is malformed (detail for logs and error texts).
+    Invalid(String),
+    /// A fault of the hub's own (storage...): the client may retry.
+    Internal(String),
+}
+
+impl std::fmt::Display for CoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoreError::HandleTaken => f.write_str("handle taken"),
+            CoreError::BadHandle => f.write_str("handle not acceptable"),
+            CoreError::NoSuchUser => f.write_str("no such user"),
+            CoreError::NoSuchRoom => f.write_str("no such room"),
+            CoreError::BadPassword => f.write_str("wrong password"),
+            CoreError::Disabled => f.write_str("account disabled"),
+            CoreError::BadToken => f.write_str("unknown or expired session"),
+            CoreError::NotBound => f.write_str("not signed in"),
+            CoreError::Forbidden => f.write_str("forbidden"),
+            CoreError::Offline => f.write_str("user offline"),
+            CoreError::Busy => f.write_str("user busy"),
+            CoreError::NoSuchCall => f.write_str("no such call"),
+            CoreError::NotMember => f.write_str("not a member of the room"),
+            CoreError::Invalid(d) => write!(f, "invalid request: {d}"),
+            CoreError::Internal(d) => write!(f, "internal error: {d}"),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}
+
+/// What the hub feeds a session besides transport input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HubEvent {
+    /// The answer to a [`Command`].
+    Answer {
+        /// The command's id.
+        id: CorrelationId,
+        /// Result.
+        result: Result<Answer, CoreError>,
+    },
+    /// The next event of the bound user's stream. Acknowledge with [`Op::Ack`] once the
+    /// client has proven receipt.
+    Deliver(Delivery),
+    /// A contact of the bound user came online or went offline.
+    Presence {
+        /// The contact.
+        user: UserRef,
+        /// Online now?
+        online: bool,
+    },
+    /// The hub is shutting down: say goodbye in the protocol's own way.
+    Shutdown,
+    /// The core dropped this session from delivery (e.g. a slow reader): close it.
+    Kicked {
+        /// Why, for logs and the goodbye.
+        reason: String,
+    },
+}
+
+impl From<UserId> for Address {
+    fn from(id: UserId) -> Self {
+        Address::User(id)
+    }
+}

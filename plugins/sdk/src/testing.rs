@@ -1,0 +1,78 @@
+//! A harness for testing a session as a state machine: a virtual clock, no sockets, no
+//! sleeps. It feeds inputs, drains outputs the way the hub does, and remembers the timer
+//! the session asked for so a test can advance time past it.
+
+use crate::ids::ConnId;
+use crate::io::{Input, Now, Output, SessionInfo};
+use crate::manifest::Transport;
+use crate::plugin::{drive, Session};
+
+/// A [`SessionInfo`] for tests.
+pub fn session_info(transport: Transport) -> SessionInfo {
+    SessionInfo {
+        conn: ConnId(1),
+        role: "main".into(),
+        transport,
+        peer: "127.0.0.1:40000".into(),
+    }
+}
+
+/// Drives one session with a virtual clock.
+pub struct Harness<S: Session> {
+    session: S,
+    now: Now,
+    deadline: Option<u64>,
+}
+
+impl<S: Session> Harness<S> {
+    /// Wraps a session; the clock starts at 0 ms (Unix time 1 700 000 000 000 ms).
+    pub fn new(session: S) -> Self {
+        Harness {
+            session,
+            now: Now {
+                mono_ms: 0,
+                unix_ms: 1_700_000_000_000,
+            },
+            deadline: None,
+        }
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Now {
+        self.now
+    }
+
+    /// The pending timer deadline, if any.
+    pub fn deadline(&self) -> Option<u64> {
+        self.deadline
+    }
+
+    /// Feeds one input and returns its outputs without the closing `Output::Timeout`
+    /// (which is recorded as the pending deadline).
+    pub fn input(&mut self, input: Input) -> Vec<Output> {
+        let mut outputs = drive(&mut self.session, self.now, input);
+        if let Some(Output::Timeout(deadline)) = outputs.pop() {
+            self.deadline = deadline;
+        }
+        outputs
+    }
+
+    /// Advances the clock by `ms`, firing the timer (once) if its deadline is reached.
+    /// Returns the outputs of that timer input, if it fired.
+    pub fn advance(&mut self, ms: u64) -> Vec<Output> {
+        self.now.mono_ms += ms;
+        self.now.unix_ms += ms;
+        match self.deadline {
+            Some(deadline) if deadline <= self.now.mono_ms => {
+                self.deadline = None;
+                self.input(Input::Timeout)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The wrapped session.
+    pub fn session(&mut self) -> &mut S {
+        &mut self.session
+    }
+}
