@@ -34,8 +34,8 @@ pub struct ConnContext {
     pub plugin: String,
     /// Its acting user, once authenticated.
     pub identity: Option<UserRef>,
-    /// Where deliveries go.
-    pub addr: SessionAddr,
+    /// Where deliveries go (`None` for one-shot HTTP sessions, which cannot bind).
+    pub addr: Option<SessionAddr>,
     /// Attached to its user's stream (after `Bind`).
     pub attached: bool,
 }
@@ -206,13 +206,18 @@ impl Core {
                 if ctx.attached {
                     return ready(Err(CoreError::Invalid("already subscribed".into())));
                 }
+                let Some(addr) = ctx.addr.clone() else {
+                    return ready(Err(CoreError::Invalid(
+                        "this transport cannot subscribe".into(),
+                    )));
+                };
                 ctx.attached = true;
                 let (tx, rx) = oneshot::channel();
                 self.router.do_send(RouterMsg::ToUser {
                     user: user.clone(),
                     msg: UserMsg::Attach {
                         conn: ctx.conn,
-                        addr: ctx.addr.clone(),
+                        addr,
                         reply: tx,
                     },
                 });

@@ -1,0 +1,259 @@
+//! Drives one plugin session inside a connection actor, the way quinn's
+//! `ConnectionDriver` drives `quinn-proto`: feed an input, drain the outputs, act on
+//! them (transmit, ask the core, close, log, arm the timer).
+//!
+//! Transport actors (WebSocket, TCP/TLS) implement [`Connection`]; [`feed`] is the one
+//! place where outputs are interpreted.
+
+use crate::loader::{PluginSession, SessionFault};
+use crate::state::{Endpoint, HubState};
+use actix::prelude::*;
+use hub_core::{ConnContext, SessionMsg};
+use hub_plugin_sdk::{
+    CloseReason, CorrelationId, HubEvent, Input, LogLevel, Output, SessionInfo, Transmit,
+};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A plugin session plus what the hub tracks for it.
+pub struct Driver {
+    /// The listener it came in on.
+    pub endpoint: Arc<Endpoint>,
+    /// Shared hub state.
+    pub hub: Arc<HubState>,
+    session: PluginSession,
+    /// The core's view of the connection.
+    pub conn: ConnContext,
+    timer: Option<SpawnHandle>,
+    /// Span for the connection's log lines.
+    pub span: tracing::Span,
+    closed_fed: bool,
+    reported_user: bool,
+    info: SessionInfo,
+}
+
+impl Driver {
+    /// Opens a plugin session for a new connection.
+    pub fn open(
+        hub: Arc<HubState>,
+        endpoint: Arc<Endpoint>,
+        info: SessionInfo,
+    ) -> Result<Driver, SessionFault> {
+        let span = tracing::info_span!(
+            "conn",
+            id = info.conn.0,
+            plugin = %endpoint.plugin.name(),
+            role = %info.role,
+            peer = %info.peer
+        );
+        let session = endpoint.plugin.instance.open(&info)?;
+        endpoint.plugin.counters.connections.fetch_add(1, Relaxed);
+        endpoint.plugin.counters.accepted.fetch_add(1, Relaxed);
+        span.in_scope(|| tracing::debug!("connection opened"));
+        Ok(Driver {
+            conn: ConnContext {
+                conn: info.conn,
+                plugin: endpoint.plugin.name().to_owned(),
+                identity: None,
+                addr: None,
+                attached: false,
+            },
+            info,
+            endpoint,
+            hub,
+            session,
+            timer: None,
+            span,
+            closed_fed: false,
+            reported_user: false,
+        })
+    }
+
+    /// Gives the driver its actor's address (for deliveries) and lists the connection;
+    /// call from the actor's `started`.
+    pub fn attach(&mut self, addr: hub_core::SessionAddr) {
+        let info = &self.info;
+        self.hub.register(
+            info.conn,
+            self.endpoint.plugin.name(),
+            &info.role,
+            &info.peer,
+            Some(addr.clone()),
+        );
+        self.conn.addr = Some(addr);
+    }
+
+    /// Counts one inbound frame.
+    pub fn count_in(&self) {
+        self.endpoint
+            .plugin
+            .counters
+            .frames_in
+            .fetch_add(1, Relaxed);
+    }
+
+    /// Counts one outbound frame.
+    pub fn count_out(&self) {
+        self.endpoint
+            .plugin
+            .counters
+            .frames_out
+            .fetch_add(1, Relaxed);
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.hub.core.disconnect(&mut self.conn);
+        self.hub.unregister(self.conn.conn);
+        self.endpoint
+            .plugin
+            .counters
+            .connections
+            .fetch_sub(1, Relaxed);
+        self.span.in_scope(|| tracing::debug!("connection closed"));
+    }
+}
+
+/// A transport actor that hosts a [`Driver`].
+pub trait Connection: Actor + Sized
+where
+    Self::Context: AsyncContext<Self>,
+{
+    /// The driver.
+    fn driver(&mut self) -> &mut Driver;
+    /// Sends bytes to the client.
+    fn transmit(&mut self, ctx: &mut Self::Context, transmit: Transmit);
+    /// Closes the transport (after what was transmitted).
+    fn close(&mut self, ctx: &mut Self::Context, reason: CloseReason);
+}
+
+/// Feeds one input to the session and carries out its outputs.
+pub fn feed<A>(act: &mut A, ctx: &mut A::Context, input: Input)
+where
+    A: Connection,
+    A::Context: AsyncContext<A>,
+{
+    let driver = act.driver();
+    let closing = matches!(input, Input::Closed { .. });
+    if closing {
+        if driver.closed_fed {
+            return;
+        }
+        driver.closed_fed = true;
+    } else if driver.closed_fed {
+        return;
+    }
+    let now = driver.hub.now();
+    let outputs = match driver.session.drive(now, &input) {
+        Ok(outputs) => outputs,
+        Err(fault) => {
+            let _enter = driver.span.enter();
+            if matches!(fault, SessionFault::Panic(_)) {
+                driver.endpoint.plugin.counters.panics.fetch_add(1, Relaxed);
+                tracing::error!(error = %fault, "plugin session panicked; closing this connection only");
+            } else {
+                tracing::error!(error = %fault, "plugin session failed; closing this connection");
+            }
+            drop(_enter);
+            if !closing {
+                act.close(
+                    ctx,
+                    CloseReason {
+                        code: Some(1011),
+                        reason: "internal error".into(),
+                    },
+                );
+            }
+            return;
+        }
+    };
+    for output in outputs {
+        match output {
+            Output::Transmit(transmit) => {
+                if !closing {
+                    act.driver().count_out();
+                    act.transmit(ctx, transmit);
+                }
+            }
+            Output::Command(command) => run_command(act, ctx, command),
+            Output::Close(reason) => {
+                if !closing {
+                    act.close(ctx, reason);
+                }
+            }
+            Output::Log { level, message } => {
+                let driver = act.driver();
+                let _enter = driver.span.enter();
+                match level {
+                    LogLevel::Trace => tracing::trace!("{message}"),
+                    LogLevel::Debug => tracing::debug!("{message}"),
+                    LogLevel::Info => tracing::info!("{message}"),
+                    LogLevel::Warn => tracing::warn!("{message}"),
+                    LogLevel::Error => tracing::error!("{message}"),
+                }
+            }
+            Output::Timeout(deadline) => {
+                if closing {
+                    continue;
+                }
+                let driver = act.driver();
+                if let Some(timer) = driver.timer.take() {
+                    ctx.cancel_future(timer);
+                }
+                if let Some(deadline) = deadline {
+                    let wait = deadline.saturating_sub(now.mono_ms);
+                    let handle = ctx.run_later(Duration::from_millis(wait), |act, ctx| {
+                        act.driver().timer = None;
+                        feed(act, ctx, Input::Timeout);
+                    });
+                    act.driver().timer = Some(handle);
+                }
+            }
+        }
+    }
+    let driver = act.driver();
+    if !driver.reported_user {
+        if let Some(me) = &driver.conn.identity {
+            driver.hub.set_user(driver.conn.conn, &me.handle);
+            driver.reported_user = true;
+        }
+    }
+}
+
+fn run_command<A>(act: &mut A, ctx: &mut A::Context, command: hub_plugin_sdk::Command)
+where
+    A: Connection,
+    A::Context: AsyncContext<A>,
+{
+    let driver = act.driver();
+    driver
+        .endpoint
+        .plugin
+        .counters
+        .commands
+        .fetch_add(1, Relaxed);
+    let pending = driver.hub.core.execute(&mut driver.conn, command.op);
+    let id = command.id;
+    ctx.spawn(pending.into_actor(act).map(move |result, act, ctx| {
+        if id != CorrelationId::NONE {
+            feed(act, ctx, Input::Event(HubEvent::Answer { id, result }));
+        }
+    }));
+}
+
+/// What every connection actor does with a [`SessionMsg`] from the core.
+pub fn on_session_msg<A>(act: &mut A, ctx: &mut A::Context, msg: SessionMsg)
+where
+    A: Connection,
+    A::Context: AsyncContext<A>,
+{
+    match msg {
+        SessionMsg::Event(event) => feed(act, ctx, Input::Event(event)),
+        SessionMsg::PageDone => {
+            let driver = act.driver();
+            driver.hub.core.more_backlog(&driver.conn);
+        }
+    }
+}
