@@ -25,7 +25,12 @@ pub struct StreamConn<S: AsyncRead + AsyncWrite + Unpin + 'static> {
     writer: Writer<WriteHalf<S>, std::io::Error>,
     /// The peer closed its side (FIN) rather than failing.
     peer_eof: bool,
+    /// Closing: the writer is flushing; input is ignored.
+    closing: bool,
 }
+
+/// How long a closing connection may take to flush before it is dropped.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + 'static> StreamConn<S> {
     /// Starts the actor for an accepted (and, for TLS, handshaken) stream.
@@ -37,6 +42,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> StreamConn<S> {
                 driver,
                 writer: Writer::new(write, ctx),
                 peer_eof: false,
+                closing: false,
             }
         });
     }
@@ -77,9 +83,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Connection for StreamConn<S> {
             let _enter = self.driver.span.enter();
             tracing::debug!(reason = %reason.reason, "closing");
         }
-        // Writer::close flushes what is buffered, then shuts the write side down.
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        // Writer::close flushes what is buffered, shuts the write side down, then calls
+        // WriteHandler::finished, which stops the actor. Stopping now would drop the
+        // unflushed bytes; the timer bounds a peer that never reads.
         self.writer.close();
-        ctx.stop();
+        ctx.run_later(CLOSE_FLUSH, |_, ctx| ctx.stop());
     }
 }
 
@@ -87,6 +99,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> StreamHandler<Result<BytesMut,
     for StreamConn<S>
 {
     fn handle(&mut self, item: Result<BytesMut, std::io::Error>, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
         match item {
             Ok(chunk) => {
                 self.driver.count_in();
@@ -103,8 +118,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> StreamHandler<Result<BytesMut,
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        self.peer_eof = true;
-        ctx.stop();
+        if !self.closing {
+            self.peer_eof = true;
+            ctx.stop();
+        }
     }
 }
 

@@ -481,6 +481,9 @@ impl JsonSession {
                     }
                     self.send(success(&kind, id, extra));
                 }
+                (call, _) if call.starts_with("call.") => {
+                    self.send(success(&kind, id, json!({})));
+                }
                 (_, answer) => {
                     // Spec messages get no reply of their own; a client that sent an "id"
                     // gets an "ack" once the hub has stored the event (hub extension).
@@ -491,8 +494,6 @@ impl JsonSession {
                             ack["event"] = json!(event.0);
                         }
                         self.send(ack);
-                    } else if kind.starts_with("call.") {
-                        self.send(success(&kind, None, json!({})));
                     }
                 }
             },

@@ -1,0 +1,324 @@
+//! Starts the real `hub` binary for end-to-end tests: built once per test run, with a
+//! temporary plugins directory holding exactly the plugins a test asks for, ephemeral
+//! ports on 127.0.0.1 and a temporary data directory.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Plugin crates the harness can put in a hub's plugins directory: (crate, library file
+/// stem, plugin name, roles).
+const PLUGINS: &[(&str, &str, &str, &[&str])] = &[
+    ("hub-plugin-json", "libhub_plugin_json", "json", &["main"]),
+    (
+        "hub-plugin-testkit",
+        "libhub_plugin_testkit",
+        "testkit",
+        &["tcp", "tls", "http"],
+    ),
+    (
+        "hub-plugin-wrong-abi",
+        "libhub_plugin_wrong_abi",
+        "wrongabi",
+        &["main"],
+    ),
+];
+
+/// The build output directory (`target/debug` or `target/release`) of this test run.
+fn profile_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("HUB_TEST_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // The test binary lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable is in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds the hub and every plugin once per test process.
+fn build() -> &'static PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = profile_dir();
+        if std::env::var("HUB_TEST_SKIP_BUILD").is_err() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut command = Command::new(cargo);
+            command.args(["build", "--quiet", "-p", "hub"]);
+            for (krate, ..) in PLUGINS {
+                command.args(["-p", krate]);
+            }
+            if dir.file_name().is_some_and(|n| n == "release") {
+                command.arg("--release");
+            }
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+            command.arg("--manifest-path").arg(manifest);
+            let status = command.status().expect("running cargo build");
+            assert!(status.success(), "building the hub and plugins failed");
+        }
+        dir
+    })
+}
+
+/// Which plugins a hub gets, and extra environment.
+#[derive(Clone, Debug, Default)]
+pub struct HubOptions {
+    /// Plugin names (`json`, `testkit`, `wrongabi`).
+    pub plugins: Vec<&'static str>,
+    /// Extra `HUB__...` environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl HubOptions {
+    /// A hub with these plugins.
+    pub fn with(plugins: &[&'static str]) -> HubOptions {
+        HubOptions {
+            plugins: plugins.to_vec(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> HubOptions {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// A running hub process.
+pub struct Hub {
+    child: Option<Child>,
+    /// Data directory (kept across restarts of the same `Hub`).
+    pub data_dir: PathBuf,
+    plugins_dir: PathBuf,
+    _temp: Arc<tempfile::TempDir>,
+    options: HubOptions,
+    /// Admin address.
+    pub admin: SocketAddr,
+    listeners: HashMap<(String, String), SocketAddr>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Hub {
+    /// Builds (once) and starts a hub with a fresh data directory.
+    pub fn start(options: HubOptions) -> Hub {
+        let temp = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let data_dir = temp.path().join("data");
+        let plugins_dir = temp.path().join("plugins");
+        std::fs::create_dir_all(&plugins_dir).expect("plugins directory");
+        let bin = build();
+        for name in &options.plugins {
+            let (_, stem, ..) = PLUGINS
+                .iter()
+                .find(|(.., plugin, _)| plugin == name)
+                .unwrap_or_else(|| panic!("unknown test plugin {name}"));
+            let file = format!("{stem}.so");
+            std::fs::copy(bin.join(&file), plugins_dir.join(&file))
+                .unwrap_or_else(|e| panic!("copying {file}: {e}"));
+        }
+        let mut hub = Hub {
+            child: None,
+            data_dir,
+            plugins_dir,
+            _temp: temp,
+            options,
+            admin: "127.0.0.1:0".parse().expect("literal address"),
+            listeners: HashMap::new(),
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        hub.launch();
+        hub
+    }
+
+    fn launch(&mut self) {
+        let bin = build().join("hub");
+        let mut command = Command::new(bin);
+        command
+            .env_remove("RUST_LOG")
+            .env("HUB__DATA_DIR", &self.data_dir)
+            .env("HUB__PLUGINS_DIR", &self.plugins_dir)
+            .env("HUB__ADMIN__LISTEN", "127.0.0.1:0")
+            .env("HUB__LOG__LEVEL", "info,hub=debug")
+            // Cheap hashing keeps the tests fast; the scheme is the same.
+            .env("HUB__ACCOUNTS__PBKDF2_ITERATIONS", "1000")
+            .current_dir(self.data_dir.parent().expect("data dir has a parent"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (.., name, roles) in PLUGINS {
+            for role in *roles {
+                command.env(
+                    format!(
+                        "HUB__PLUGINS__{}__LISTEN__{}",
+                        name.to_uppercase(),
+                        role.to_uppercase()
+                    ),
+                    "127.0.0.1:0",
+                );
+            }
+        }
+        for (key, value) in &self.options.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("starting the hub");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = self.log.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("hub ready") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                if let Ok(mut log) = log.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let ready = match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => panic!("the hub did not become ready; log:\n{}", self.log()),
+        };
+        self.child = Some(child);
+        let admin = ready
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("admin="))
+            .expect("ready line names the admin address");
+        self.admin = admin.parse().expect("admin address");
+        self.listeners.clear();
+        let plugins: serde_json::Value =
+            serde_json::from_str(&self.http_get("/plugins").1).expect("/plugins is JSON");
+        for plugin in plugins.as_array().expect("/plugins is a list") {
+            let name = plugin["name"].as_str().unwrap_or_default().to_owned();
+            for listener in plugin["listeners"].as_array().into_iter().flatten() {
+                let role = listener["role"].as_str().unwrap_or_default().to_owned();
+                let addr = listener["addr"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .parse()
+                    .expect("listener address");
+                self.listeners.insert((name.clone(), role), addr);
+            }
+        }
+    }
+
+    /// The bound address of a plugin role.
+    pub fn addr(&self, plugin: &str, role: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(&(plugin.to_owned(), role.to_owned()))
+            .unwrap_or_else(|| panic!("no listener {plugin}/{role}; log:\n{}", self.log()))
+    }
+
+    /// Whether a plugin is loaded (has listeners).
+    pub fn has_plugin(&self, plugin: &str) -> bool {
+        self.listeners.keys().any(|(name, _)| name == plugin)
+    }
+
+    /// Everything the hub logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// A plain HTTP/1.1 GET on the admin address: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_request(self.admin, "GET", path, b"")
+    }
+
+    /// One Prometheus sample's value from `/metrics` (`name{labels}` as printed).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no flush) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns whether it exited with success.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the hub again on the same data directory (new ephemeral ports).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- hub log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request (Connection: close): (status, body).
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("writing request");
+    stream.write_all(body).expect("writing body");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
