@@ -311,7 +311,6 @@ impl Handler<ToUserActor> for UserActor {
                     live: false,
                     page_in_flight: false,
                 });
-                let _ = reply.send(Ok(cursor));
                 if first {
                     self.router.do_send(RouterMsg::SetOnline {
                         user: self.user.clone(),
@@ -324,6 +323,9 @@ impl Handler<ToUserActor> for UserActor {
                     contacts: self.contact_ids(),
                     to: addr,
                 });
+                // Answer only now: whatever the client does after its bind is answered
+                // reaches the router after "online" did (FIFO mailbox, causal order).
+                let _ = reply.send(Ok(cursor));
                 self.pump(conn);
             }
             UserMsg::Detach { conn } => {

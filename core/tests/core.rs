@@ -1,0 +1,518 @@
+//! The core's actors driven through `Core::execute` with recording sessions: stream
+//! order and paging, the delivery cursor, presence, rooms and calls.
+
+use actix::prelude::*;
+use hub_core::metrics::Metrics;
+use hub_core::store::{Durability, SledStore};
+use hub_core::{ConnContext, Core, CoreSettings, SessionMsg};
+use hub_plugin_sdk::{
+    Address, Answer, CallNotice, ConnId, Content, CoreError, EventBody, HubEvent, Op,
+    PasswordScheme, Seq, UserRef,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A stand-in connection actor: forwards what the core sends it to the test.
+struct Recorder(mpsc::UnboundedSender<SessionMsg>);
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // As the hub's connection actors do: room for two backlog pages.
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Handler<SessionMsg> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: SessionMsg, _ctx: &mut Context<Self>) {
+        let _ = self.0.send(msg);
+    }
+}
+
+struct Conn {
+    ctx: ConnContext,
+    rx: mpsc::UnboundedReceiver<SessionMsg>,
+}
+
+fn start_core(dir: &std::path::Path) -> Core {
+    let metrics = Arc::new(Metrics::default());
+    let store = SledStore::open(dir, Durability::Flush, metrics.clone()).unwrap();
+    let mut settings = CoreSettings::default();
+    settings.accounts.pbkdf2_iterations = 1;
+    settings.ring_timeout = Duration::from_millis(300);
+    settings.backlog_page = 100;
+    Core::start(Arc::new(store), metrics, settings)
+}
+
+fn conn(id: u64) -> Conn {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = Recorder(tx).start();
+    Conn {
+        ctx: ConnContext {
+            conn: ConnId(id),
+            plugin: "test".into(),
+            identity: None,
+            addr: Some(addr.recipient()),
+            attached: false,
+        },
+        rx,
+    }
+}
+
+async fn run(core: &Core, conn: &mut Conn, op: Op) -> Result<Answer, CoreError> {
+    core.execute(&mut conn.ctx, op).await
+}
+
+async fn signup(core: &Core, conn: &mut Conn, handle: &str) -> UserRef {
+    let op = Op::Signup {
+        handle: handle.into(),
+        password: "pw".into(),
+        scheme: PasswordScheme::Pbkdf2Sha256,
+    };
+    match run(core, conn, op).await.unwrap() {
+        Answer::Session { user, .. } => user,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Next event, answering page ends the way a connection actor does.
+async fn next_event(core: &Core, conn: &mut Conn) -> HubEvent {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), conn.rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("recorder alive");
+        match msg {
+            SessionMsg::Event(event) => return event,
+            SessionMsg::PageDone => core.more_backlog(&conn.ctx),
+        }
+    }
+}
+
+async fn quiet(conn: &mut Conn) {
+    if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), conn.rx.recv()).await {
+        panic!("unexpected {msg:?}");
+    }
+}
+
+#[actix_rt::test]
+async fn stored_events_arrive_in_order_in_pages_and_only_until_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(dir.path());
+    let mut a = conn(1);
+    let mut b = conn(2);
+    let alice = signup(&core, &mut a, "alice").await;
+    let bob = signup(&core, &mut b, "bob").await;
+    run(&core, &mut a, Op::Authenticate { user: alice.id })
+        .await
+        .unwrap();
+
+    // 250 messages to offline bob: more than two backlog pages.
+    let mut pending = Vec::new();
+    for n in 0..250 {
+        let op = Op::Send {
+            to: Address::Handle("bob".into()),
+            content: Content::Text(format!("m{n}")),
+        };
+        pending.push(core.execute(&mut a.ctx, op));
+    }
+    for p in pending {
+        assert!(matches!(p.await, Ok(Answer::Accepted { .. })));
+    }
+
+    let bound = run(&core, &mut b, Op::Bind { user: bob.id }).await.unwrap();
+    assert_eq!(
+        bound,
+        Answer::Bound {
+            user: bob.clone(),
+            cursor: Seq(0)
+        }
+    );
+    for n in 0..250u64 {
+        match next_event(&core, &mut b).await {
+            HubEvent::Deliver(d) => {
+                assert_eq!(d.seq, Seq(n + 1));
+                assert_eq!(
+                    d.event.body,
+                    EventBody::Message(Content::Text(format!("m{n}")))
+                );
+                assert_eq!(d.event.from, alice);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    quiet(&mut b).await;
+
+    // A live message after catching up.
+    let op = Op::Send {
+        to: Address::User(bob.id),
+        content: Content::Text("live".into()),
+    };
+    run(&core, &mut a, op).await.unwrap();
+    match next_event(&core, &mut b).await {
+        HubEvent::Deliver(d) => assert_eq!(d.seq, Seq(251)),
+        other => panic!("{other:?}"),
+    }
+
+    // Acknowledge 200 of 251 and reconnect: exactly 201..=251 come again.
+    run(&core, &mut b, Op::Ack { through: Seq(200) })
+        .await
+        .unwrap();
+    core.disconnect(&mut b.ctx);
+    let mut b2 = conn(3);
+    assert_eq!(
+        run(&core, &mut b2, Op::Bind { user: bob.id })
+            .await
+            .unwrap(),
+        Answer::Bound {
+            user: bob.clone(),
+            cursor: Seq(200)
+        }
+    );
+    for seq in 201..=251u64 {
+        match next_event(&core, &mut b2).await {
+            HubEvent::Deliver(d) => assert_eq!(d.seq, Seq(seq)),
+            other => panic!("{other:?}"),
+        }
+    }
+    quiet(&mut b2).await;
+
+    // An ack cannot move the cursor past what exists.
+    run(&core, &mut b2, Op::Ack { through: Seq(9999) })
+        .await
+        .unwrap();
+    core.disconnect(&mut b2.ctx);
+    let mut b3 = conn(4);
+    assert_eq!(
+        run(&core, &mut b3, Op::Bind { user: bob.id })
+            .await
+            .unwrap(),
+        Answer::Bound {
+            user: bob,
+            cursor: Seq(251)
+        }
+    );
+}
+
+#[actix_rt::test]
+async fn contacts_presence_rooms_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(dir.path());
+    let mut a = conn(1);
+    let mut b = conn(2);
+    let alice = signup(&core, &mut a, "alice").await;
+    let bob = signup(&core, &mut b, "bob").await;
+    assert_eq!(
+        run(
+            &core,
+            &mut a,
+            Op::Send {
+                to: Address::Handle("bob".into()),
+                content: Content::Text("x".into())
+            }
+        )
+        .await,
+        Err(CoreError::NotBound)
+    );
+    run(&core, &mut a, Op::Bind { user: alice.id })
+        .await
+        .unwrap();
+    run(&core, &mut b, Op::Bind { user: bob.id }).await.unwrap();
+    assert_eq!(
+        run(&core, &mut a, Op::Bind { user: bob.id }).await,
+        Err(CoreError::Forbidden)
+    );
+    assert_eq!(
+        run(
+            &core,
+            &mut a,
+            Op::Invite {
+                to: Address::Handle("nobody".into())
+            }
+        )
+        .await,
+        Err(CoreError::NoSuchUser)
+    );
+    run(
+        &core,
+        &mut a,
+        Op::Invite {
+            to: Address::Handle("bob".into()),
+        },
+    )
+    .await
+    .unwrap();
+    match next_event(&core, &mut b).await {
+        HubEvent::Deliver(d) => {
+            assert_eq!(
+                d.event.body,
+                EventBody::Contact(hub_plugin_sdk::ContactNotice::Requested)
+            );
+            run(&core, &mut b, Op::Ack { through: d.seq })
+                .await
+                .unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    run(
+        &core,
+        &mut b,
+        Op::InviteReply {
+            to: Address::Handle("alice".into()),
+            accept: true,
+        },
+    )
+    .await
+    .unwrap();
+    // Alice gets the acceptance and both see each other online.
+    let mut saw_accept = false;
+    let mut saw_presence = false;
+    while !(saw_accept && saw_presence) {
+        match next_event(&core, &mut a).await {
+            HubEvent::Deliver(d)
+                if d.event.body == EventBody::Contact(hub_plugin_sdk::ContactNotice::Accepted) =>
+            {
+                saw_accept = true
+            }
+            HubEvent::Presence { user, online: true } if user == bob => saw_presence = true,
+            other => panic!("{other:?}"),
+        }
+    }
+    match next_event(&core, &mut b).await {
+        HubEvent::Presence { user, online: true } => assert_eq!(user, alice),
+        other => panic!("{other:?}"),
+    }
+    // Bob leaves: alice sees him go offline.
+    run(&core, &mut a, Op::Ack { through: Seq(1) })
+        .await
+        .unwrap();
+    core.disconnect(&mut b.ctx);
+    match next_event(&core, &mut a).await {
+        HubEvent::Presence {
+            user,
+            online: false,
+        } => assert_eq!(user, bob),
+        other => panic!("{other:?}"),
+    }
+
+    // Rooms: members get messages from others; non-members are refused.
+    let mut b = conn(5);
+    run(&core, &mut b, Op::Bind { user: bob.id }).await.unwrap();
+    let _ = next_event(&core, &mut a).await; // bob online again
+    let _ = next_event(&core, &mut b).await; // alice online (snapshot)
+    assert_eq!(
+        run(
+            &core,
+            &mut a,
+            Op::Send {
+                to: Address::Room("lobby".into()),
+                content: Content::Text("hi".into())
+            }
+        )
+        .await,
+        Err(CoreError::NoSuchRoom)
+    );
+    run(
+        &core,
+        &mut a,
+        Op::JoinRoom {
+            room: "lobby".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        run(
+            &core,
+            &mut b,
+            Op::Send {
+                to: Address::Room("lobby".into()),
+                content: Content::Text("hi".into())
+            }
+        )
+        .await,
+        Err(CoreError::NotMember)
+    );
+    run(
+        &core,
+        &mut b,
+        Op::JoinRoom {
+            room: "lobby".into(),
+        },
+    )
+    .await
+    .unwrap();
+    match next_event(&core, &mut a).await {
+        HubEvent::Deliver(d) => assert_eq!(
+            d.event.body,
+            EventBody::Room(hub_plugin_sdk::RoomNotice::Joined)
+        ),
+        other => panic!("{other:?}"),
+    }
+    run(
+        &core,
+        &mut b,
+        Op::Send {
+            to: Address::Room("lobby".into()),
+            content: Content::Text("hi all".into()),
+        },
+    )
+    .await
+    .unwrap();
+    match next_event(&core, &mut a).await {
+        HubEvent::Deliver(d) => {
+            assert_eq!(
+                d.event.body,
+                EventBody::Message(Content::Text("hi all".into()))
+            );
+            assert!(matches!(d.event.to, hub_plugin_sdk::Target::Room(ref r) if r.name == "lobby"));
+        }
+        other => panic!("{other:?}"),
+    }
+    quiet(&mut b).await;
+}
+
+#[actix_rt::test]
+async fn calls_ring_accept_end_busy_and_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(dir.path());
+    let (mut a, mut b, mut c) = (conn(1), conn(2), conn(3));
+    let alice = signup(&core, &mut a, "alice").await;
+    let bob = signup(&core, &mut b, "bob").await;
+    let carol = signup(&core, &mut c, "carol").await;
+    run(&core, &mut a, Op::Bind { user: alice.id })
+        .await
+        .unwrap();
+    run(&core, &mut c, Op::Bind { user: carol.id })
+        .await
+        .unwrap();
+    // Bob is offline.
+    assert_eq!(
+        run(
+            &core,
+            &mut a,
+            Op::CallStart {
+                to: Address::User(bob.id),
+                data: vec![]
+            }
+        )
+        .await,
+        Err(CoreError::Offline)
+    );
+    run(&core, &mut b, Op::Bind { user: bob.id }).await.unwrap();
+    let call = match run(
+        &core,
+        &mut a,
+        Op::CallStart {
+            to: Address::User(bob.id),
+            data: b"offer".to_vec(),
+        },
+    )
+    .await
+    {
+        Ok(Answer::Call { call }) => call,
+        other => panic!("{other:?}"),
+    };
+    match next_event(&core, &mut b).await {
+        HubEvent::Deliver(d) => assert_eq!(
+            d.event.body,
+            EventBody::Call {
+                call,
+                notice: CallNotice::Ring {
+                    data: b"offer".to_vec()
+                }
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Carol cannot call either party while the call is on.
+    assert_eq!(
+        run(
+            &core,
+            &mut c,
+            Op::CallStart {
+                to: Address::User(bob.id),
+                data: vec![]
+            }
+        )
+        .await,
+        Err(CoreError::Busy)
+    );
+    assert_eq!(
+        run(
+            &core,
+            &mut c,
+            Op::CallReply {
+                call,
+                accept: true,
+                data: vec![]
+            }
+        )
+        .await,
+        Err(CoreError::NoSuchCall)
+    );
+    run(
+        &core,
+        &mut b,
+        Op::CallReply {
+            call,
+            accept: true,
+            data: b"answer".to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    match next_event(&core, &mut a).await {
+        HubEvent::Deliver(d) => assert_eq!(
+            d.event.body,
+            EventBody::Call {
+                call,
+                notice: CallNotice::Accepted {
+                    data: b"answer".to_vec()
+                }
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    run(&core, &mut a, Op::CallHangup { call }).await.unwrap();
+    match next_event(&core, &mut b).await {
+        HubEvent::Deliver(d) => assert_eq!(
+            d.event.body,
+            EventBody::Call {
+                call,
+                notice: CallNotice::Ended
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Over: a new call rings, nobody answers, both are told it was missed.
+    let call = match run(
+        &core,
+        &mut c,
+        Op::CallStart {
+            to: Address::User(bob.id),
+            data: vec![],
+        },
+    )
+    .await
+    {
+        Ok(Answer::Call { call }) => call,
+        other => panic!("{other:?}"),
+    };
+    let _ring = next_event(&core, &mut b).await;
+    for conn in [&mut b, &mut c] {
+        match next_event(&core, conn).await {
+            HubEvent::Deliver(d) => assert_eq!(
+                d.event.body,
+                EventBody::Call {
+                    call,
+                    notice: CallNotice::Missed
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
