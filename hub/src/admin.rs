@@ -1,6 +1,6 @@
 //! Admin HTTP: `GET /health`, `/metrics` (Prometheus text), `/plugins`, `/connections`.
 
-use crate::state::HubState;
+use crate::state::{HubState, PluginCounters};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 use std::fmt::Write;
@@ -17,9 +17,17 @@ async fn health(hub: web::Data<Arc<HubState>>) -> HttpResponse {
     }
 }
 
+/// One per-plugin series: name, Prometheus type, help text, reader.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PluginCounters) -> i64,
+);
+
 async fn metrics(hub: web::Data<Arc<HubState>>) -> HttpResponse {
     let mut out = String::new();
-    let per_plugin: [(&str, &str, &str, fn(&crate::state::PluginCounters) -> i64); 6] = [
+    let per_plugin: [Series; 6] = [
         ("hub_plugin_connections", "gauge", "Open connections", |c| {
             c.connections.load(Relaxed)
         }),

@@ -1,1 +1,7 @@
-//! placeholder
+//! Independent clients of the hub's protocols, written from the specs and
+//! `docs/protocols/*.md` (never from the plugins' code), and a harness that starts the
+//! real `hub` binary for end-to-end tests.
+
+pub mod harness;
+pub mod json_client;
+pub mod json_crypto;

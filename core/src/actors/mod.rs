@@ -66,6 +66,8 @@ pub struct Shared {
 }
 
 /// What the core sends to a connection actor.
+// `PageDone` is rare and tiny; boxing `Event` would cost an allocation per delivery.
+#[allow(clippy::large_enum_variant)]
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum SessionMsg {
@@ -83,6 +85,8 @@ pub type SessionAddr = Recipient<SessionMsg>;
 pub type AppendReply = oneshot::Sender<Result<Seq, CoreError>>;
 
 /// Messages to a user actor (always through the router).
+// Most traffic is `Append`, the large variant: boxing it would allocate per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum UserMsg {
     /// Store an event in the user's stream; deliver it once durable.

@@ -71,18 +71,18 @@ impl RoomActor {
         }
     }
 
-    /// Appends `body` to every member's stream except `except`, then answers `reply` with
-    /// `answer` once all copies are durable.
+    /// Appends `body` to every member's stream except the sender's (`from`), then
+    /// answers `reply` with `answer` once all copies are durable.
     fn fan_out(
         &self,
         ctx: &mut Context<Self>,
         origin: Origin,
         from: UserRef,
         body: EventBody,
-        except: UserId,
         answer: impl FnOnce(hub_plugin_sdk::EventId) -> Answer + 'static,
         reply: RoomReply,
     ) {
+        let except = from.id;
         let event = match make_event(
             &self.shared,
             origin.clone(),
@@ -163,13 +163,11 @@ impl Handler<RoomMsg> for RoomActor {
                 Ok(true) => {
                     self.members.insert(user.id, user.clone());
                     let room = self.room.clone();
-                    let id = user.id;
                     self.fan_out(
                         ctx,
                         origin,
                         user,
                         EventBody::Room(RoomNotice::Joined),
-                        id,
                         move |_| Answer::Room(room),
                         reply,
                     );
@@ -188,13 +186,11 @@ impl Handler<RoomMsg> for RoomActor {
             } => match self.shared.store.set_member(self.room.id, user.id, false) {
                 Ok(true) => {
                     self.members.remove(&user.id);
-                    let id = user.id;
                     self.fan_out(
                         ctx,
                         origin,
                         user,
                         EventBody::Room(RoomNotice::Left),
-                        id,
                         |_| Answer::Done,
                         reply,
                     );
@@ -216,13 +212,11 @@ impl Handler<RoomMsg> for RoomActor {
                     let _ = reply.send(Err(CoreError::NotMember));
                     return;
                 }
-                let id = from.id;
                 self.fan_out(
                     ctx,
                     origin,
                     from,
                     EventBody::Message(content),
-                    id,
                     |event| Answer::Accepted { event },
                     reply,
                 );

@@ -153,7 +153,7 @@ impl Router {
         self.users.get_mut(&user.id)
     }
 
-    fn to_user(&mut self, user: &UserRef, msg: UserMsg, ctx: &mut Context<Self>) {
+    fn route_to_user(&mut self, user: &UserRef, msg: UserMsg, ctx: &mut Context<Self>) {
         match self.user_actor(user, ctx) {
             Some(entry) => {
                 entry.routed += 1;
@@ -188,7 +188,7 @@ impl Handler<RouterMsg> for Router {
 
     fn handle(&mut self, msg: RouterMsg, ctx: &mut Context<Self>) {
         match msg {
-            RouterMsg::ToUser { user, msg } => self.to_user(&user, msg, ctx),
+            RouterMsg::ToUser { user, msg } => self.route_to_user(&user, msg, ctx),
             RouterMsg::UserIdle { user, seen } => {
                 if self.users.get(&user).is_some_and(|e| e.routed == seen) {
                     if let Some(entry) = self.users.remove(&user) {
@@ -219,7 +219,7 @@ impl Handler<RouterMsg> for Router {
                             contact: user.clone(),
                             online,
                         };
-                        self.to_user(&contact_ref, msg, ctx);
+                        self.route_to_user(&contact_ref, msg, ctx);
                     }
                 }
             }
@@ -243,8 +243,8 @@ impl Handler<RouterMsg> for Router {
                         contact: a.clone(),
                         online: true,
                     };
-                    self.to_user(&a, to_a, ctx);
-                    self.to_user(&b, to_b, ctx);
+                    self.route_to_user(&a, to_a, ctx);
+                    self.route_to_user(&b, to_b, ctx);
                 }
             }
             RouterMsg::OnlineAmong { ids, reply } => {

@@ -66,6 +66,10 @@ pub struct JsonSession {
     tokens: HashMap<String, Option<UserRef>>,
     identity: Option<UserRef>,
     subscribed: bool,
+    /// A `Bind` is in flight: deliveries that overtake its answer wait here, so the
+    /// client always sees the subscribe reply before its events.
+    binding: bool,
+    early: Vec<HubEvent>,
     /// Requests waiting for a token check, in arrival order.
     blocked: VecDeque<Request>,
     checking: bool,
@@ -87,6 +91,8 @@ impl JsonSession {
             tokens: HashMap::new(),
             identity: None,
             subscribed: false,
+            binding: false,
+            early: Vec::new(),
             blocked: VecDeque::new(),
             checking: false,
             delivered_through: Seq(0),
@@ -413,26 +419,34 @@ impl JsonSession {
                     }
                     self.remember_token(token, Some(user.clone()));
                     self.identity = Some(user.clone());
+                    self.binding = true;
                     self.command(Op::Bind { user: user.id }, Purpose::SubscribeBind { id });
                 }
                 Ok(other) => self.unexpected(&other),
                 Err(error) => self.subscribe_failed(id, &error.to_string()),
             },
-            Purpose::SubscribeBind { id } => match result {
-                Ok(Answer::Bound { user, cursor }) => {
-                    self.subscribed = true;
-                    self.deadline = None;
-                    self.delivered_through = cursor;
-                    self.acked_through = cursor;
-                    self.log(
-                        LogLevel::Debug,
-                        format!("subscribed as {} from seq {}", user.handle, cursor.0),
-                    );
-                    self.send(success("subscribe", id, json!({})));
+            Purpose::SubscribeBind { id } => {
+                self.binding = false;
+                match result {
+                    Ok(Answer::Bound { user, cursor }) => {
+                        self.subscribed = true;
+                        self.deadline = None;
+                        // Positions only move forward: an early delivery may be past it.
+                        self.delivered_through = self.delivered_through.max(cursor);
+                        self.acked_through = self.acked_through.max(cursor);
+                        self.log(
+                            LogLevel::Debug,
+                            format!("subscribed as {} from seq {}", user.handle, cursor.0),
+                        );
+                        self.send(success("subscribe", id, json!({})));
+                        for event in std::mem::take(&mut self.early) {
+                            self.on_event(event);
+                        }
+                    }
+                    Ok(other) => self.unexpected(&other),
+                    Err(error) => self.subscribe_failed(id, &error.to_string()),
                 }
-                Ok(other) => self.unexpected(&other),
-                Err(error) => self.subscribe_failed(id, &error.to_string()),
-            },
+            }
             Purpose::Request { kind, id } => self.on_request_answer(kind, id, result),
         }
     }
@@ -547,6 +561,10 @@ impl JsonSession {
     }
 
     fn on_event(&mut self, event: HubEvent) {
+        if self.binding && matches!(event, HubEvent::Deliver(_) | HubEvent::Presence { .. }) {
+            self.early.push(event);
+            return;
+        }
         match event {
             HubEvent::Answer { id, result } => self.on_answer(id, result),
             HubEvent::Deliver(delivery) => {
@@ -689,15 +707,11 @@ impl Session for JsonSession {
                 });
                 self.close(1009, "frame too large");
             }
-            Input::Closed { clean } => {
+            Input::Closed { .. } => {
+                // Not a proof of receipt, even when clean: a client's close frame can cross
+                // events still in flight, which the client then never reads. What was not
+                // acknowledged by a pong is delivered again on the next subscribe.
                 self.closed = true;
-                // A clean goodbye counts as proof of receipt (DESIGN: delivery cursor).
-                if clean && self.delivered_through > self.acked_through {
-                    self.acked_through = self.delivered_through;
-                    self.fire_and_forget(Op::Ack {
-                        through: self.delivered_through,
-                    });
-                }
             }
             Input::Bytes(_) | Input::Request(_) => {
                 self.log(LogLevel::Error, "JSON plugin fed a non-WebSocket input");

@@ -245,9 +245,36 @@ fn deliveries_are_acknowledged_by_pong_not_before() {
     let outs = h.input(Input::Message(WsMessage::Pong(4u64.to_be_bytes().to_vec())));
     assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(4) });
     assert!(outs.iter().any(|o| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(p))) if p == &5u64.to_be_bytes().to_vec())));
-    // A clean close acknowledges the rest.
+    // A close, even a clean one, proves nothing: seq 5 stays unacknowledged.
     let outs = h.input(Input::Closed { clean: true });
-    assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(5) });
+    assert!(commands(&outs).is_empty());
+}
+
+#[test]
+fn deliveries_that_overtake_the_subscribe_answer_wait_for_it() {
+    let mut h = session();
+    let outs = h.input(text(json!({"type": "subscribe", "session": "tok"})));
+    let check = commands(&outs)[0].clone();
+    let bind = commands(&h.input(answer(check.id, session_answer())))[0].clone();
+    // The backlog's first event arrives before the bind answer.
+    assert!(h
+        .input(delivery(
+            4,
+            EventBody::Message(Content::Text("early".into()))
+        ))
+        .is_empty());
+    let outs = h.input(answer(
+        bind.id,
+        Ok(Answer::Bound {
+            user: alice(),
+            cursor: Seq(3),
+        }),
+    ));
+    let objects = sent(&outs);
+    assert_eq!(objects[0], json!({"type": "subscribe", "resp_code": 0}));
+    assert_eq!(objects[1]["message"], "early");
+    let outs = h.input(Input::Message(WsMessage::Pong(4u64.to_be_bytes().to_vec())));
+    assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(4) });
 }
 
 #[test]
