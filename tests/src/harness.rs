@@ -33,12 +33,15 @@ fn profile_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("HUB_TEST_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    // The test binary lives in target/<profile>/deps/.
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test executable is in target/<profile>/deps")
-        .to_path_buf()
+    // Test binaries live in target/<profile>/deps/, other binaries (hub-bench) in
+    // target/<profile>/.
+    let exe = std::env::current_exe().expect("own executable path");
+    let dir = exe.parent().expect("executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Builds the hub and every plugin once per test process.
@@ -63,6 +66,11 @@ fn build() -> &'static PathBuf {
         }
         dir
     })
+}
+
+/// The built `hub` binary (built on first use).
+pub fn hub_binary() -> PathBuf {
+    build().join("hub")
 }
 
 /// Which plugins a hub gets, and extra environment.
@@ -102,6 +110,8 @@ pub struct Hub {
     pub admin: SocketAddr,
     listeners: HashMap<(String, String), SocketAddr>,
     log: Arc<Mutex<String>>,
+    /// Wall time from spawning the process to its "hub ready" line, last launch.
+    pub start_time: Duration,
 }
 
 impl Hub {
@@ -130,13 +140,14 @@ impl Hub {
             admin: "127.0.0.1:0".parse().expect("literal address"),
             listeners: HashMap::new(),
             log: Arc::new(Mutex::new(String::new())),
+            start_time: Duration::ZERO,
         };
         hub.launch();
         hub
     }
 
     fn launch(&mut self) {
-        let bin = build().join("hub");
+        let bin = hub_binary();
         let mut command = Command::new(bin);
         command
             .env_remove("RUST_LOG")
@@ -165,6 +176,7 @@ impl Hub {
         for (key, value) in &self.options.env {
             command.env(key, value);
         }
+        let spawned = Instant::now();
         let mut child = command.spawn().expect("starting the hub");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = self.log.clone();
@@ -185,6 +197,7 @@ impl Hub {
             Ok(line) => line,
             Err(_) => panic!("the hub did not become ready; log:\n{}", self.log()),
         };
+        self.start_time = spawned.elapsed();
         self.child = Some(child);
         let admin = ready
             .split_whitespace()
@@ -284,6 +297,32 @@ impl Hub {
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
+    }
+
+    /// Runs `hub <args>` (an operator subcommand) on this hub's data directory, with
+    /// `stdin` as standard input; the hub must be stopped first (one store, one process).
+    /// Returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        let mut child = Command::new(hub_binary())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("HUB__DATA_DIR", &self.data_dir)
+            .env("HUB__ACCOUNTS__PBKDF2_ITERATIONS", "1000")
+            .current_dir(self.data_dir.parent().expect("data dir has a parent"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running the hub CLI");
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin.as_bytes());
+        }
+        let output = child.wait_with_output().expect("hub CLI output");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 }
 

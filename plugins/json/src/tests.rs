@@ -316,3 +316,66 @@ fn unsubscribed_connections_time_out() {
         .iter()
         .any(|o| matches!(o, Output::Close(c) if c.code == Some(1008))));
 }
+
+/// xorshift64*: deterministic, so a failure replays.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Arbitrary and mutated frames never panic the session, and every text frame that is
+/// not a known request is answered (the session never goes silent on garbage).
+#[test]
+fn random_and_mutated_frames_never_panic() {
+    let seeds = [
+        json!({"type": "message", "session": "tok", "source": "alice", "dest": "bob", "nonce": "n", "message": "m"}),
+        json!({"type": "signup", "username": "u", "password": "p", "hash": "sha256"}),
+        json!({"type": "call.accept", "session": "tok", "source": "alice", "call": "7", "data": {"a": [1, 2]}}),
+        json!({"type": "room.join", "session": "tok", "source": "alice", "dest": "#r"}),
+        json!({"type": "subscribe", "session": "tok"}),
+    ];
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut h = subscribed();
+    for round in 0..20_000 {
+        let seed = seeds[(rng.next() % seeds.len() as u64) as usize].to_string();
+        let mut bytes = seed.into_bytes();
+        for _ in 0..(rng.next() % 6) {
+            let at = (rng.next() % bytes.len() as u64) as usize;
+            match rng.next() % 3 {
+                0 => bytes[at] = rng.next() as u8,
+                1 => {
+                    bytes.remove(at);
+                }
+                _ => {
+                    let alphabet = b"{}[]\":,\\0u";
+                    bytes.insert(at, alphabet[(rng.next() % alphabet.len() as u64) as usize]);
+                }
+            }
+            if bytes.is_empty() {
+                bytes.push(b'{');
+            }
+        }
+        let input = match String::from_utf8(bytes) {
+            Ok(text) => Input::Message(WsMessage::Text(text)),
+            Err(e) => Input::Message(WsMessage::Binary(e.into_bytes())),
+        };
+        let outs = h.input(input);
+        // Answer every command with a random core outcome, as the hub would.
+        for command in commands(&outs) {
+            let result = match rng.next() % 4 {
+                0 => session_answer(),
+                1 => Err(CoreError::NoSuchUser),
+                2 => Ok(Answer::Done),
+                _ => Ok(Answer::Accepted {
+                    event: EventId(round),
+                }),
+            };
+            h.input(answer(command.id, result));
+        }
+    }
+}

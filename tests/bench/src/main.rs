@@ -1,0 +1,70 @@
+//! `hub-bench`: load scenarios against the real hub binary, with the same independent
+//! protocol clients the end-to-end tests use. Prints a table and writes CSV under
+//! `target/bench/`.
+//!
+//! ```text
+//! cargo run --release -p hub-bench -- json-pairs [--pairs 100] [--messages 200] [--window 32] [--durability flush|interval]
+//! cargo run --release -p hub-bench -- smoke      # a few seconds, for CI
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod json_pairs;
+mod report;
+
+use std::collections::HashMap;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: hub-bench <json-pairs|smoke> [--pairs N] [--messages N] [--window N] [--durability flush|interval]"
+    );
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let scenario = args.next().unwrap_or_else(|| usage());
+    let mut flags = HashMap::new();
+    while let Some(flag) = args.next() {
+        let Some(name) = flag.strip_prefix("--") else {
+            usage()
+        };
+        let value = args.next().unwrap_or_else(|| usage());
+        flags.insert(name.to_owned(), value);
+    }
+    let number = |name: &str, default: usize| -> usize {
+        flags
+            .get(name)
+            .map(|v| v.parse().unwrap_or_else(|_| usage()))
+            .unwrap_or(default)
+    };
+    let rows = match scenario.as_str() {
+        "json-pairs" => {
+            let modes: Vec<&str> = match flags.get("durability").map(String::as_str) {
+                Some("flush") => vec!["flush"],
+                Some("interval") => vec!["interval"],
+                None => vec!["flush", "interval"],
+                Some(_) => usage(),
+            };
+            modes
+                .into_iter()
+                .map(|mode| {
+                    json_pairs::run(json_pairs::Params {
+                        pairs: number("pairs", 100),
+                        messages: number("messages", 200),
+                        window: number("window", 32),
+                        durability: mode,
+                    })
+                })
+                .collect()
+        }
+        "smoke" => vec![json_pairs::run(json_pairs::Params {
+            pairs: 10,
+            messages: 50,
+            window: 8,
+            durability: "flush",
+        })],
+        _ => usage(),
+    };
+    report::print_and_save(&scenario, &rows);
+}
