@@ -10,6 +10,7 @@ use crate::actors::call::CallMsg;
 use crate::actors::room::RoomMsg;
 use crate::actors::router::{Router, RouterMsg};
 use crate::actors::{make_event, CoreSettings, SessionAddr, Shared, UserMsg};
+use crate::files::{Download, FileDir, Upload};
 use crate::metrics::Metrics;
 use crate::store::{Storage, StoreError};
 use actix::prelude::*;
@@ -17,10 +18,11 @@ use hub_plugin_sdk::{
     Address, Answer, ConnId, ContactEntry, ContactNotice, ContactState, CoreError, EventBody, Op,
     Origin, RoomRef, Target, UserRef,
 };
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// The future [`Core::execute`] returns.
@@ -32,15 +34,33 @@ pub struct ConnContext {
     pub conn: ConnId,
     /// The plugin serving it.
     pub plugin: String,
+    /// The peer's IP address.
+    pub peer_ip: String,
     /// Its acting user, once authenticated.
     pub identity: Option<UserRef>,
     /// Where deliveries go (`None` for one-shot HTTP sessions, which cannot bind).
     pub addr: Option<SessionAddr>,
     /// Attached to its user's stream (after `Bind`).
     pub attached: bool,
+    upload: Option<Upload>,
+    download: Option<Download>,
 }
 
 impl ConnContext {
+    /// A new connection's context.
+    pub fn new(conn: ConnId, plugin: &str, peer_ip: &str, addr: Option<SessionAddr>) -> Self {
+        ConnContext {
+            conn,
+            plugin: plugin.to_owned(),
+            peer_ip: peer_ip.to_owned(),
+            identity: None,
+            addr,
+            attached: false,
+            upload: None,
+            download: None,
+        }
+    }
+
     fn origin(&self) -> Origin {
         Origin {
             plugin: self.plugin.clone(),
@@ -53,11 +73,39 @@ impl ConnContext {
     }
 }
 
+/// Bound sessions by (plugin, peer IP): for servers that authorize by address. Touched
+/// on bind and disconnect only, never per message.
+type PeerMap = Arc<Mutex<HashMap<(String, String), Vec<(ConnId, UserRef)>>>>;
+
 /// Handle to the running core (cheap to clone, `Send + Sync`).
 #[derive(Clone)]
 pub struct Core {
     shared: Arc<Shared>,
     router: Addr<Router>,
+    files: FileDir,
+    peers: PeerMap,
+}
+
+/// How long login nonces are remembered (replays within it are refused).
+const NONCE_MEMORY_MS: u64 = 48 * 3600 * 1000;
+
+/// How often expired files are swept.
+const FILE_SWEEP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Largest `Op::Status` query.
+const MAX_STATUS_QUERY: usize = 4096;
+
+fn regkey_bytes(regkey: &[u8]) -> Result<[u8; 32], CoreError> {
+    regkey.try_into().map_err(|_| {
+        CoreError::Invalid(format!(
+            "a registration key is 32 bytes, not {}",
+            regkey.len()
+        ))
+    })
+}
+
+fn download_size(download: &Download) -> u64 {
+    download.size()
 }
 
 fn internal(e: StoreError) -> CoreError {
@@ -78,6 +126,8 @@ fn await_reply(rx: oneshot::Receiver<Result<Answer, CoreError>>) -> Pending {
 impl Core {
     /// Starts the router (and user arbiters). Call inside a running actix system.
     pub fn start(store: Arc<dyn Storage>, metrics: Arc<Metrics>, settings: CoreSettings) -> Core {
+        let files = FileDir(settings.files_dir.clone());
+        files.clean_partials();
         let arbiters = (0..settings.user_threads.max(1))
             .map(|_| Arbiter::new().handle())
             .collect();
@@ -90,7 +140,23 @@ impl Core {
         let router = Router::start_in_arbiter(&Arbiter::new().handle(), move |_| {
             Router::new(router_shared, arbiters)
         });
-        Core { shared, router }
+        let (sweep_files, sweep_shared) = (files.clone(), shared.clone());
+        actix::spawn(async move {
+            loop {
+                match sweep_files.sweep(sweep_shared.store.as_ref(), crate::actors::unix_ms()) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired files removed"),
+                    Err(error) => tracing::error!(%error, "file sweep failed"),
+                }
+                tokio::time::sleep(FILE_SWEEP).await;
+            }
+        });
+        Core {
+            shared,
+            router,
+            files,
+            peers: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// The store.
@@ -198,7 +264,7 @@ impl Core {
                 now,
             )),
             Op::Authenticate { user } => ready(self.authenticate(ctx, user).map(Answer::User)),
-            Op::Bind { user } => {
+            Op::Bind { user, exclusive } => {
                 let user = match self.authenticate(ctx, user) {
                     Ok(user) => user,
                     Err(e) => return ready(Err(e)),
@@ -217,13 +283,24 @@ impl Core {
                     user: user.clone(),
                     msg: UserMsg::Attach {
                         conn: ctx.conn,
+                        exclusive,
                         addr,
                         reply: tx,
                     },
                 });
+                let (peers, key, conn) = (
+                    self.peers.clone(),
+                    (ctx.plugin.clone(), ctx.peer_ip.clone()),
+                    ctx.conn,
+                );
                 Box::pin(async move {
                     match rx.await {
-                        Ok(Ok(cursor)) => Ok(Answer::Bound { user, cursor }),
+                        Ok(Ok(cursor)) => {
+                            if let Ok(mut peers) = peers.lock() {
+                                peers.entry(key).or_default().push((conn, user.clone()));
+                            }
+                            Ok(Answer::Bound { user, cursor })
+                        }
                         Ok(Err(e)) => Err(e),
                         Err(_) => Err(CoreError::Internal("the core is shutting down".into())),
                     }
@@ -305,7 +382,188 @@ impl Core {
             Op::CallHangup { call } => {
                 self.call_op(ctx, call, |by, reply| CallMsg::Hangup { by, reply })
             }
+            Op::CheckRegkey { regkey } => ready(regkey_bytes(&regkey).and_then(|key| {
+                match self.shared.store.regkey_exists(key).map_err(internal)? {
+                    true => Ok(Answer::Done),
+                    false => Err(CoreError::BadRegkey),
+                }
+            })),
+            Op::ReserveUserId => ready(
+                self.shared
+                    .store
+                    .unused_user_id()
+                    .map(|user| Answer::Reserved { user })
+                    .map_err(internal),
+            ),
+            Op::RegisterWithKeys {
+                regkey,
+                user,
+                handle,
+                keys,
+            } => ready(self.register_with_keys(&regkey, user, &handle, keys, now)),
+            Op::PublicKeys { user } => ready(self.public_keys(user)),
+            Op::UseNonce { user, nonce } => ready(
+                match self
+                    .shared
+                    .store
+                    .use_nonce(user, &nonce, now, NONCE_MEMORY_MS)
+                {
+                    Ok(true) => Ok(Answer::Done),
+                    Ok(false) => Err(CoreError::Replay),
+                    Err(e) => Err(internal(e)),
+                },
+            ),
+            Op::Status { users } => self.status(users),
+            Op::Befriend { to } => ready(self.befriend(ctx, &to)),
+            Op::PeerUser { plugin, ip } => ready(self.peer_user(&plugin, &ip)),
+            Op::FileBegin {
+                file_id,
+                size,
+                ttl_ms,
+                downloads,
+            } => ready((|| {
+                let me = ctx.me()?;
+                if let Some(old) = ctx.upload.take() {
+                    FileDir::abandon(old);
+                }
+                let store = self.shared.store.as_ref();
+                let upload = self
+                    .files
+                    .begin(store, me.id, &file_id, size, ttl_ms, downloads, now)?;
+                ctx.upload = Some(upload);
+                Ok(Answer::Done)
+            })()),
+            Op::FileWrite { bytes } => ready(match ctx.upload.as_mut() {
+                Some(upload) => FileDir::write(upload, &bytes).map(|()| Answer::Done),
+                None => Err(CoreError::Invalid("no upload in progress".into())),
+            }),
+            Op::FileFinish => match ctx.upload.take() {
+                Some(upload) => {
+                    let (files, shared) = (self.files.clone(), self.shared.clone());
+                    Box::pin(async move {
+                        tokio::task::spawn_blocking(move || {
+                            files
+                                .finish(shared.store.as_ref(), upload)
+                                .map(|()| Answer::Done)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(CoreError::Internal(format!("file task: {e}"))))
+                    })
+                }
+                None => ready(Err(CoreError::Invalid("no upload in progress".into()))),
+            },
+            Op::FileOpen { file_id } => ready((|| {
+                let me = ctx.me()?;
+                let download = self
+                    .files
+                    .open(self.shared.store.as_ref(), me.id, &file_id, now)?;
+                let size = download_size(&download);
+                ctx.download = Some(download);
+                Ok(Answer::File { size })
+            })()),
+            Op::FileRead { max } => ready(match ctx.download.as_mut() {
+                Some(download) => self
+                    .files
+                    .read(self.shared.store.as_ref(), download, max.min(1 << 20))
+                    .map(Answer::Bytes),
+                None => Err(CoreError::Invalid("no download in progress".into())),
+            }),
         }
+    }
+
+    fn register_with_keys(
+        &self,
+        regkey: &[u8],
+        user: hub_plugin_sdk::UserId,
+        handle: &str,
+        keys: Vec<hub_plugin_sdk::PublicKey>,
+        now: u64,
+    ) -> Result<Answer, CoreError> {
+        let regkey = regkey_bytes(regkey)?;
+        accounts::validate_handle(handle)?;
+        let keys: Vec<(String, Vec<u8>)> = keys.into_iter().map(|k| (k.kind, k.bytes)).collect();
+        match self
+            .shared
+            .store
+            .register_with_keys(regkey, user, handle, &keys, now)
+        {
+            Ok(account) => Ok(Answer::User(UserRef {
+                id: account.id,
+                handle: account.handle,
+            })),
+            Err(StoreError::BadRegkey) => Err(CoreError::BadRegkey),
+            Err(StoreError::HandleTaken) => Err(CoreError::HandleTaken),
+            Err(StoreError::IdTaken) => Err(CoreError::Invalid("user id taken".into())),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    fn public_keys(&self, user: hub_plugin_sdk::UserId) -> Result<Answer, CoreError> {
+        if self.shared.store.account(user).map_err(internal)?.is_none() {
+            return Err(CoreError::NoSuchUser);
+        }
+        let keys = self.shared.store.public_keys(user).map_err(internal)?;
+        Ok(Answer::Keys(
+            keys.into_iter()
+                .map(|(kind, bytes)| hub_plugin_sdk::PublicKey { kind, bytes })
+                .collect(),
+        ))
+    }
+
+    fn status(&self, users: Vec<hub_plugin_sdk::UserId>) -> Pending {
+        if users.len() > MAX_STATUS_QUERY {
+            return ready(Err(CoreError::Invalid(format!(
+                "at most {MAX_STATUS_QUERY} users per status query"
+            ))));
+        }
+        let mut known = Vec::with_capacity(users.len());
+        for user in &users {
+            match self.shared.store.account(*user) {
+                Ok(account) => known.push(account.is_some()),
+                Err(e) => return ready(Err(internal(e))),
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        self.router.do_send(RouterMsg::OnlineAmong {
+            ids: users.clone(),
+            reply,
+        });
+        Box::pin(async move {
+            let online = rx.await.unwrap_or_default();
+            Ok(Answer::Statuses(
+                users
+                    .into_iter()
+                    .zip(known)
+                    .map(|(user, known)| match (known, online.contains(&user)) {
+                        (false, _) => hub_plugin_sdk::UserStatus::Unknown(user),
+                        (true, true) => hub_plugin_sdk::UserStatus::Online(user),
+                        (true, false) => hub_plugin_sdk::UserStatus::Offline(user),
+                    })
+                    .collect(),
+            ))
+        })
+    }
+
+    fn befriend(&self, ctx: &ConnContext, to: &Address) -> Result<Answer, CoreError> {
+        let me = ctx.me()?;
+        let other = self.resolve_user(to)?;
+        if me.id == other.id {
+            return Ok(Answer::Done);
+        }
+        use ContactState::Accepted;
+        let decide = |mine: Option<ContactState>, theirs: Option<ContactState>| {
+            (mine != Some(Accepted) || theirs != Some(Accepted)).then_some((Accepted, Accepted))
+        };
+        let changed = self
+            .shared
+            .store
+            .transition_contacts(me.id, other.id, &decide)
+            .map_err(internal)?;
+        if changed.is_some() {
+            self.router
+                .do_send(RouterMsg::ContactsLinked { a: me, b: other });
+        }
+        Ok(Answer::Done)
     }
 
     fn authenticate(
@@ -492,8 +750,35 @@ impl Core {
         }
     }
 
+    fn peer_user(&self, plugin: &str, ip: &str) -> Result<Answer, CoreError> {
+        let peers = self
+            .peers
+            .lock()
+            .map_err(|_| CoreError::Internal("peer map poisoned".into()))?;
+        peers
+            .get(&(plugin.to_owned(), ip.to_owned()))
+            .and_then(|sessions| sessions.last())
+            .map(|(_, user)| Answer::User(user.clone()))
+            .ok_or(CoreError::NotBound)
+    }
+
     /// The connection is gone: detach it from its user's stream.
     pub fn disconnect(&self, ctx: &mut ConnContext) {
+        if let Some(upload) = ctx.upload.take() {
+            FileDir::abandon(upload);
+        }
+        ctx.download = None;
+        if ctx.attached {
+            if let Ok(mut peers) = self.peers.lock() {
+                let key = (ctx.plugin.clone(), ctx.peer_ip.clone());
+                if let Some(sessions) = peers.get_mut(&key) {
+                    sessions.retain(|(conn, _)| *conn != ctx.conn);
+                    if sessions.is_empty() {
+                        peers.remove(&key);
+                    }
+                }
+            }
+        }
         if let (Some(me), true) = (&ctx.identity, ctx.attached) {
             self.router.do_send(RouterMsg::ToUser {
                 user: me.clone(),

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod actors;
 mod api;
+pub mod files;
 pub mod metrics;
 pub mod store;
 

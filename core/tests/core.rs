@@ -44,6 +44,7 @@ fn start_core(dir: &std::path::Path) -> Core {
     settings.accounts.pbkdf2_iterations = 1;
     settings.ring_timeout = Duration::from_millis(300);
     settings.backlog_page = 100;
+    settings.files_dir = dir.join("files");
     Core::start(Arc::new(store), metrics, settings)
 }
 
@@ -51,13 +52,7 @@ fn conn(id: u64) -> Conn {
     let (tx, rx) = mpsc::unbounded_channel();
     let addr = Recorder(tx).start();
     Conn {
-        ctx: ConnContext {
-            conn: ConnId(id),
-            plugin: "test".into(),
-            identity: None,
-            addr: Some(addr.recipient()),
-            attached: false,
-        },
+        ctx: ConnContext::new(ConnId(id), "test", "127.0.0.1", Some(addr.recipient())),
         rx,
     }
 }
@@ -123,7 +118,16 @@ async fn stored_events_arrive_in_order_in_pages_and_only_until_acknowledged() {
         assert!(matches!(p.await, Ok(Answer::Accepted { .. })));
     }
 
-    let bound = run(&core, &mut b, Op::Bind { user: bob.id }).await.unwrap();
+    let bound = run(
+        &core,
+        &mut b,
+        Op::Bind {
+            user: bob.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         bound,
         Answer::Bound {
@@ -164,9 +168,16 @@ async fn stored_events_arrive_in_order_in_pages_and_only_until_acknowledged() {
     core.disconnect(&mut b.ctx);
     let mut b2 = conn(3);
     assert_eq!(
-        run(&core, &mut b2, Op::Bind { user: bob.id })
-            .await
-            .unwrap(),
+        run(
+            &core,
+            &mut b2,
+            Op::Bind {
+                user: bob.id,
+                exclusive: false
+            }
+        )
+        .await
+        .unwrap(),
         Answer::Bound {
             user: bob.clone(),
             cursor: Seq(200)
@@ -187,9 +198,16 @@ async fn stored_events_arrive_in_order_in_pages_and_only_until_acknowledged() {
     core.disconnect(&mut b2.ctx);
     let mut b3 = conn(4);
     assert_eq!(
-        run(&core, &mut b3, Op::Bind { user: bob.id })
-            .await
-            .unwrap(),
+        run(
+            &core,
+            &mut b3,
+            Op::Bind {
+                user: bob.id,
+                exclusive: false
+            }
+        )
+        .await
+        .unwrap(),
         Answer::Bound {
             user: bob,
             cursor: Seq(251)
@@ -217,12 +235,36 @@ async fn contacts_presence_rooms_and_errors() {
         .await,
         Err(CoreError::NotBound)
     );
-    run(&core, &mut a, Op::Bind { user: alice.id })
-        .await
-        .unwrap();
-    run(&core, &mut b, Op::Bind { user: bob.id }).await.unwrap();
+    run(
+        &core,
+        &mut a,
+        Op::Bind {
+            user: alice.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
+    run(
+        &core,
+        &mut b,
+        Op::Bind {
+            user: bob.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        run(&core, &mut a, Op::Bind { user: bob.id }).await,
+        run(
+            &core,
+            &mut a,
+            Op::Bind {
+                user: bob.id,
+                exclusive: false
+            }
+        )
+        .await,
         Err(CoreError::Forbidden)
     );
     assert_eq!(
@@ -300,7 +342,16 @@ async fn contacts_presence_rooms_and_errors() {
 
     // Rooms: members get messages from others; non-members are refused.
     let mut b = conn(5);
-    run(&core, &mut b, Op::Bind { user: bob.id }).await.unwrap();
+    run(
+        &core,
+        &mut b,
+        Op::Bind {
+            user: bob.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
     let _ = next_event(&core, &mut a).await; // bob online again
     let _ = next_event(&core, &mut b).await; // alice online (snapshot)
     assert_eq!(
@@ -383,12 +434,26 @@ async fn calls_ring_accept_end_busy_and_miss() {
     let alice = signup(&core, &mut a, "alice").await;
     let bob = signup(&core, &mut b, "bob").await;
     let carol = signup(&core, &mut c, "carol").await;
-    run(&core, &mut a, Op::Bind { user: alice.id })
-        .await
-        .unwrap();
-    run(&core, &mut c, Op::Bind { user: carol.id })
-        .await
-        .unwrap();
+    run(
+        &core,
+        &mut a,
+        Op::Bind {
+            user: alice.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
+    run(
+        &core,
+        &mut c,
+        Op::Bind {
+            user: carol.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
     // Bob is offline.
     assert_eq!(
         run(
@@ -402,7 +467,16 @@ async fn calls_ring_accept_end_busy_and_miss() {
         .await,
         Err(CoreError::Offline)
     );
-    run(&core, &mut b, Op::Bind { user: bob.id }).await.unwrap();
+    run(
+        &core,
+        &mut b,
+        Op::Bind {
+            user: bob.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
     let call = match run(
         &core,
         &mut a,

@@ -186,6 +186,7 @@ impl HubConfig {
             user_idle: Duration::from_secs(raw.core.user_idle_secs.max(1)),
             backlog_page: raw.limits.backlog_page,
             user_threads: raw.core.user_threads.clamp(1, 64),
+            files_dir: raw.data_dir.join("files"),
         };
         Ok(HubConfig {
             data_dir: raw.data_dir,

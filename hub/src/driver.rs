@@ -16,6 +16,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The IP part of an `ip:port` peer address.
+pub fn peer_ip(peer: &str) -> String {
+    peer.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| peer.to_owned())
+}
+
 /// A plugin session plus what the hub tracks for it.
 pub struct Driver {
     /// The listener it came in on.
@@ -52,13 +59,12 @@ impl Driver {
         endpoint.plugin.counters.accepted.fetch_add(1, Relaxed);
         span.in_scope(|| tracing::debug!("connection opened"));
         Ok(Driver {
-            conn: ConnContext {
-                conn: info.conn,
-                plugin: endpoint.plugin.name().to_owned(),
-                identity: None,
-                addr: None,
-                attached: false,
-            },
+            conn: ConnContext::new(
+                info.conn,
+                endpoint.plugin.name(),
+                &peer_ip(&info.peer),
+                None,
+            ),
             info,
             endpoint,
             hub,

@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 const PLUGINS: &[(&str, &str, &str, &[&str])] = &[
     ("hub-plugin-json", "libhub_plugin_json", "json", &["main"]),
     (
+        "hub-plugin-retro",
+        "libhub_plugin_retro",
+        "retro",
+        &["chat", "file"],
+    ),
+    (
         "hub-plugin-testkit",
         "libhub_plugin_testkit",
         "testkit",

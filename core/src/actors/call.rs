@@ -99,6 +99,9 @@ pub struct CallActor {
     callee: UserRef,
     origin: Origin,
     phase: Phase,
+    /// Store futures still running: the actor stops only once they are done, since
+    /// stopping drops them and with them the replies they carry.
+    inflight: usize,
     shared: Arc<Shared>,
     router: Addr<Router>,
 }
@@ -119,6 +122,7 @@ impl CallActor {
             callee,
             origin,
             phase: Phase::Ringing,
+            inflight: 0,
             shared,
             router,
         }
@@ -137,7 +141,7 @@ impl CallActor {
     /// Stores `notice` (caused by `from`) in each of `to`'s streams; answers `reply` once
     /// stored.
     fn signal(
-        &self,
+        &mut self,
         ctx: &mut Context<Self>,
         from: &UserRef,
         to: &[&UserRef],
@@ -177,6 +181,7 @@ impl CallActor {
                 },
             });
         }
+        self.inflight += 1;
         ctx.spawn(
             async move {
                 let result = all_stored(replies).await.map(|()| answer);
@@ -184,7 +189,11 @@ impl CallActor {
                     let _ = reply.send(result);
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(), act, ctx| {
+                act.inflight -= 1;
+                act.stop_when_done(ctx);
+            }),
         );
     }
 
@@ -194,8 +203,13 @@ impl CallActor {
             call: self.id,
             parties: [self.caller.id, self.callee.id],
         });
-        // Let the spawned store futures finish before stopping.
-        ctx.run_later(std::time::Duration::from_millis(0), |_, ctx| ctx.stop());
+        self.stop_when_done(ctx);
+    }
+
+    fn stop_when_done(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Over && self.inflight == 0 {
+            ctx.stop();
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct CoreSettings {
     pub backlog_page: usize,
     /// Number of arbiters (threads) user actors are spread over.
     pub user_threads: usize,
+    /// Where file content is stored.
+    pub files_dir: std::path::PathBuf,
 }
 
 impl Default for CoreSettings {
@@ -51,6 +53,7 @@ impl Default for CoreSettings {
             user_idle: Duration::from_secs(60),
             backlog_page: 256,
             user_threads: 2,
+            files_dir: std::path::PathBuf::from("data/files"),
         }
     }
 }
@@ -102,6 +105,8 @@ pub enum UserMsg {
     Attach {
         /// The connection.
         conn: ConnId,
+        /// Refuse if another session is attached.
+        exclusive: bool,
         /// Its address.
         addr: SessionAddr,
         /// Answered with the delivery cursor.

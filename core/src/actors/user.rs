@@ -22,6 +22,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+/// Wait before retrying a failed group commit.
+const FLUSH_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 struct Pending {
     seq: Seq,
     event: EventRecord,
@@ -99,17 +102,25 @@ impl UserActor {
             skip_conn,
             reply,
         });
+        self.await_durable(ctx, seq);
+    }
+
+    fn await_durable(&mut self, ctx: &mut Context<Self>, seq: Seq) {
         let durable = self.shared.store.durable();
         ctx.spawn(
             durable
                 .into_actor(self)
-                .map(move |result, act, _ctx| act.on_durable(seq, result)),
+                .map(move |result, act, ctx| act.on_durable(ctx, seq, result)),
         );
     }
 
-    fn on_durable(&mut self, seq: Seq, result: Result<(), String>) {
-        if let Err(e) = &result {
-            tracing::error!(user = %self.user.id, error = %e, "events not confirmed durable");
+    fn on_durable(&mut self, ctx: &mut Context<Self>, seq: Seq, result: Result<(), String>) {
+        if let Err(e) = result {
+            // Not durable: deliver nothing and answer nobody yet; try the flush again.
+            // (After shutdown closed the store this repeats harmlessly until exit.)
+            tracing::error!(user = %self.user.id, error = %e, "events not confirmed durable; retrying the flush");
+            ctx.run_later(FLUSH_RETRY, move |act, ctx| act.await_durable(ctx, seq));
+            return;
         }
         // A flush covers every write made before it: everything up to `seq` is done.
         while self.pending.front().is_some_and(|p| p.seq <= seq) {
@@ -119,11 +130,7 @@ impl UserActor {
             self.shared.metrics.pending_durable.fetch_sub(1, Relaxed);
             self.durable_through = done.seq;
             if let Some(reply) = done.reply {
-                let answer = result
-                    .clone()
-                    .map(|()| done.seq)
-                    .map_err(CoreError::Internal);
-                let _ = reply.send(answer);
+                let _ = reply.send(Ok(done.seq));
             }
             let delivery = Delivery {
                 seq: done.seq,
@@ -294,7 +301,16 @@ impl Handler<ToUserActor> for UserActor {
                 skip_conn,
                 reply,
             } => self.append(ctx, event, skip_conn, reply),
-            UserMsg::Attach { conn, addr, reply } => {
+            UserMsg::Attach {
+                conn,
+                exclusive,
+                addr,
+                reply,
+            } => {
+                if exclusive && self.sessions.iter().any(|s| s.conn != conn) {
+                    let _ = reply.send(Err(CoreError::AlreadyConnected));
+                    return;
+                }
                 let cursor = match self.shared.store.cursor(self.user.id) {
                     Ok(cursor) => cursor,
                     Err(e) => {

@@ -41,6 +41,12 @@ pub enum StoreError {
     /// A handle is taken (account creation).
     #[error("handle taken")]
     HandleTaken,
+    /// An account with that id exists (account creation with a chosen id).
+    #[error("user id taken")]
+    IdTaken,
+    /// The registration key is unknown or spent.
+    #[error("unknown or spent registration key")]
+    BadRegkey,
     /// The data directory could not be prepared.
     #[error("data directory {path}: {source}")]
     Io {
@@ -78,6 +84,19 @@ pub struct TokenRecord {
     pub expires_unix_ms: u64,
 }
 
+/// Metadata of a stored file (content lives in the data directory).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Who uploaded it.
+    pub owner: UserId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Removed at this time at the latest, Unix milliseconds.
+    pub expires_unix_ms: u64,
+    /// Complete downloads by others before it is removed.
+    pub downloads_left: u32,
+}
+
 /// What a contact-pair transition decided: the new state from each side.
 pub type ContactPair = (ContactState, ContactState);
 
@@ -109,6 +128,32 @@ pub trait Storage: Send + Sync + 'static {
     fn add_regkey(&self, key: [u8; 32], now_unix_ms: u64) -> StoreResult<()>;
     /// Removes a registration key; false if it did not exist (spent or unknown).
     fn take_regkey(&self, key: [u8; 32]) -> StoreResult<bool>;
+    /// Whether a registration key exists (not spent).
+    fn regkey_exists(&self, key: [u8; 32]) -> StoreResult<bool>;
+    /// A random user id no account uses.
+    fn unused_user_id(&self) -> StoreResult<UserId>;
+    /// Atomically: spends `regkey`, creates a key-only account with `id` and `handle`,
+    /// stores its public keys. Fails with [`StoreError::BadRegkey`], `IdTaken` or
+    /// `HandleTaken`, changing nothing.
+    fn register_with_keys(
+        &self,
+        regkey: [u8; 32],
+        id: UserId,
+        handle: &str,
+        keys: &[(String, Vec<u8>)],
+        now_unix_ms: u64,
+    ) -> StoreResult<Account>;
+    /// A user's public keys: (kind, bytes), by kind.
+    fn public_keys(&self, id: UserId) -> StoreResult<Vec<(String, Vec<u8>)>>;
+    /// Records a login nonce; false if it was recorded before. Nonces older than
+    /// `keep_ms` may be forgotten.
+    fn use_nonce(
+        &self,
+        user: UserId,
+        nonce: &[u8],
+        now_unix_ms: u64,
+        keep_ms: u64,
+    ) -> StoreResult<bool>;
 
     /// The contact relation from `owner`'s side.
     fn contact(&self, owner: UserId, other: UserId) -> StoreResult<Option<ContactState>>;
@@ -154,6 +199,15 @@ pub trait Storage: Send + Sync + 'static {
     fn room_members(&self, room: RoomId) -> StoreResult<Vec<UserId>>;
     /// Adds or removes a member; true if that changed anything.
     fn set_member(&self, room: RoomId, user: UserId, member: bool) -> StoreResult<bool>;
+
+    /// Stores a file's metadata.
+    fn put_file_meta(&self, id: [u8; 16], meta: &FileMeta) -> StoreResult<()>;
+    /// A file's metadata.
+    fn file_meta(&self, id: [u8; 16]) -> StoreResult<Option<FileMeta>>;
+    /// Forgets a file.
+    fn remove_file_meta(&self, id: [u8; 16]) -> StoreResult<()>;
+    /// Every stored file.
+    fn file_metas(&self) -> StoreResult<Vec<([u8; 16], FileMeta)>>;
 
     /// A future resolving once every write made before the call is durable.
     fn durable(&self) -> Durable;

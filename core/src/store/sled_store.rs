@@ -2,7 +2,7 @@
 
 use super::codec::{be_u64, decode, encode, pair_key};
 use super::commit::{CommitHandle, Durability, Durable, GroupCommit};
-use super::{Account, ContactPair, Storage, StoreError, StoreResult, TokenRecord};
+use super::{Account, ContactPair, FileMeta, Storage, StoreError, StoreResult, TokenRecord};
 use crate::metrics::Metrics;
 use hub_plugin_sdk::{ContactState, Delivery, EventId, EventRecord, RoomId, Seq, UserId};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -28,6 +28,9 @@ pub struct SledStore {
     rooms: sled::Tree,
     room_names: sled::Tree,
     members: sled::Tree,
+    keys: sled::Tree,
+    nonces: sled::Tree,
+    files: sled::Tree,
     /// Lock-free side of the group commit, used on the message path.
     commit: CommitHandle,
     /// The flusher thread, behind a Mutex only so that `close()` can stop it (never
@@ -77,6 +80,9 @@ impl SledStore {
             rooms: db.open_tree("rooms")?,
             room_names: db.open_tree("room_names")?,
             members: db.open_tree("members")?,
+            keys: db.open_tree("keys")?,
+            nonces: db.open_tree("nonces")?,
+            files: db.open_tree("files")?,
             commit,
             flusher: Mutex::new(Some(flusher)),
             rng: SystemRandom::new(),
@@ -208,6 +214,106 @@ impl Storage for SledStore {
 
     fn take_regkey(&self, key: [u8; 32]) -> StoreResult<bool> {
         Ok(self.regkeys.remove(key)?.is_some())
+    }
+
+    fn regkey_exists(&self, key: [u8; 32]) -> StoreResult<bool> {
+        Ok(self.regkeys.contains_key(key)?)
+    }
+
+    fn unused_user_id(&self) -> StoreResult<UserId> {
+        loop {
+            let id = self.random_u64();
+            if id != 0 && !self.accounts.contains_key(id.to_be_bytes())? {
+                return Ok(UserId(id));
+            }
+        }
+    }
+
+    fn register_with_keys(
+        &self,
+        regkey: [u8; 32],
+        id: UserId,
+        handle: &str,
+        keys: &[(String, Vec<u8>)],
+        now_unix_ms: u64,
+    ) -> StoreResult<Account> {
+        let account = Account {
+            id,
+            handle: handle.to_owned(),
+            credential: String::new(),
+            created_unix_ms: now_unix_ms,
+            disabled: false,
+        };
+        let value = encode(&account);
+        let id_key = id.0.to_be_bytes();
+        let result = (&self.regkeys, &self.handles, &self.accounts, &self.keys).transaction(
+            |(regkeys, handles, accounts, key_tree)| {
+                let abort = ConflictableTransactionError::Abort;
+                if regkeys.remove(&regkey[..])?.is_none() {
+                    return Err(abort(StoreError::BadRegkey));
+                }
+                if accounts.get(&id_key[..])?.is_some() {
+                    return Err(abort(StoreError::IdTaken));
+                }
+                if handles.get(handle.as_bytes())?.is_some() {
+                    return Err(abort(StoreError::HandleTaken));
+                }
+                handles.insert(handle.as_bytes(), &id_key[..])?;
+                accounts.insert(&id_key[..], value.clone())?;
+                for (kind, bytes) in keys {
+                    let mut key = id_key.to_vec();
+                    key.extend_from_slice(kind.as_bytes());
+                    key_tree.insert(key, bytes.clone())?;
+                }
+                Ok(())
+            },
+        );
+        unwrap_tx(result)?;
+        Ok(account)
+    }
+
+    fn public_keys(&self, id: UserId) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.keys
+            .scan_prefix(id.0.to_be_bytes())
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((
+                    String::from_utf8_lossy(&key[8..]).into_owned(),
+                    value.to_vec(),
+                ))
+            })
+            .collect()
+    }
+
+    fn use_nonce(
+        &self,
+        user: UserId,
+        nonce: &[u8],
+        now_unix_ms: u64,
+        keep_ms: u64,
+    ) -> StoreResult<bool> {
+        let mut key = user.0.to_be_bytes().to_vec();
+        key.extend_from_slice(nonce);
+        let fresh = self
+            .nonces
+            .compare_and_swap(
+                &key,
+                None as Option<&[u8]>,
+                Some(&now_unix_ms.to_be_bytes()[..]),
+            )?
+            .is_ok();
+        if fresh {
+            // Forget this user's nonces older than keep_ms (bounded work: one prefix scan
+            // per login, over at most the logins of that window).
+            let cutoff = now_unix_ms.saturating_sub(keep_ms);
+            for entry in self.nonces.scan_prefix(user.0.to_be_bytes()) {
+                let (old_key, at) = entry?;
+                if be_u64("nonces", &at, 0)? < cutoff {
+                    self.nonces.remove(old_key)?;
+                }
+            }
+        }
+        Ok(fresh)
     }
 
     fn contact(&self, owner: UserId, other: UserId) -> StoreResult<Option<ContactState>> {
@@ -381,6 +487,34 @@ impl Storage for SledStore {
             self.members.remove(key)?.is_some()
         };
         Ok(changed)
+    }
+
+    fn put_file_meta(&self, id: [u8; 16], meta: &FileMeta) -> StoreResult<()> {
+        self.files.insert(id, encode(meta))?;
+        Ok(())
+    }
+
+    fn file_meta(&self, id: [u8; 16]) -> StoreResult<Option<FileMeta>> {
+        self.files.get(id)?.map(|v| decode("files", &v)).transpose()
+    }
+
+    fn remove_file_meta(&self, id: [u8; 16]) -> StoreResult<()> {
+        self.files.remove(id)?;
+        Ok(())
+    }
+
+    fn file_metas(&self) -> StoreResult<Vec<([u8; 16], FileMeta)>> {
+        self.files
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let id: [u8; 16] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    tree: "files",
+                    detail: format!("key of {} bytes", key.len()),
+                })?;
+                Ok((id, decode("files", &value)?))
+            })
+            .collect()
     }
 
     fn durable(&self) -> Durable {

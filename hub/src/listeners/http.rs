@@ -47,13 +47,12 @@ pub async fn serve(
             return plain(500, "internal error");
         }
     };
-    let mut conn = ConnContext {
-        conn: info.conn,
-        plugin: endpoint.plugin.name().to_owned(),
-        identity: None,
-        addr: None,
-        attached: false,
-    };
+    let mut conn = ConnContext::new(
+        info.conn,
+        endpoint.plugin.name(),
+        &crate::driver::peer_ip(&info.peer),
+        None,
+    );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Input>();
     let limit = Instant::now() + Duration::from_secs(hub.limits().http_request_secs);
     let mut timer: Option<Instant> = None;

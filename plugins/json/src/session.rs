@@ -420,7 +420,13 @@ impl JsonSession {
                     self.remember_token(token, Some(user.clone()));
                     self.identity = Some(user.clone());
                     self.binding = true;
-                    self.command(Op::Bind { user: user.id }, Purpose::SubscribeBind { id });
+                    self.command(
+                        Op::Bind {
+                            user: user.id,
+                            exclusive: false,
+                        },
+                        Purpose::SubscribeBind { id },
+                    );
                 }
                 Ok(other) => self.unexpected(&other),
                 Err(error) => self.subscribe_failed(id, &error.to_string()),

@@ -184,7 +184,13 @@ fn subscribed() -> Harness<JsonSession> {
     let check = commands(&outs)[0].clone();
     let outs = h.input(answer(check.id, session_answer()));
     let bind = commands(&outs)[0].clone();
-    assert_eq!(bind.op, Op::Bind { user: UserId(7) });
+    assert_eq!(
+        bind.op,
+        Op::Bind {
+            user: UserId(7),
+            exclusive: false
+        }
+    );
     let out = sent(&h.input(answer(
         bind.id,
         Ok(Answer::Bound {

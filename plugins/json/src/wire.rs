@@ -49,13 +49,18 @@ impl RespCode {
             CoreError::NoSuchUser => RespCode::UserNotInUse,
             CoreError::BadPassword | CoreError::Disabled => RespCode::InvalidPassword,
             CoreError::BadToken | CoreError::NotBound | CoreError::Forbidden => RespCode::BadToken,
-            CoreError::NoSuchRoom | CoreError::NoSuchCall | CoreError::NotMember => {
-                RespCode::NotFound
-            }
+            CoreError::NoSuchRoom
+            | CoreError::NoSuchCall
+            | CoreError::NotMember
+            | CoreError::NoSuchFile => RespCode::NotFound,
             CoreError::Offline => RespCode::Offline,
             CoreError::Busy => RespCode::Busy,
             CoreError::Invalid(_) => RespCode::Malformed,
             CoreError::Internal(_) => RespCode::Internal,
+            // Not produced by the operations this plugin uses; mapped for completeness.
+            CoreError::BadRegkey | CoreError::Replay | CoreError::AlreadyConnected => {
+                RespCode::BadToken
+            }
         }
     }
 }

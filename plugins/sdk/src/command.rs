@@ -64,6 +64,95 @@ pub enum Op {
     Bind {
         /// The user, as proven by the plugin (token, signature...).
         user: UserId,
+        /// Refuse with [`CoreError::AlreadyConnected`] if the user already has a bound
+        /// session (protocols that allow one login at a time).
+        exclusive: bool,
+    },
+    /// Is this single-use registration key valid (not spent)? Answer: [`Answer::Done`] or
+    /// [`CoreError::BadRegkey`]. Does not spend it.
+    CheckRegkey {
+        /// The 32 raw key bytes.
+        regkey: Vec<u8>,
+    },
+    /// A fresh user id no account uses. Answer: [`Answer::Reserved`].
+    ReserveUserId,
+    /// Spend a registration key and create a key-only account with this id, handle and
+    /// public keys, atomically. Answer: [`Answer::User`]; [`CoreError::BadRegkey`] if the
+    /// key is spent or unknown (nothing is created).
+    RegisterWithKeys {
+        /// The 32 raw key bytes.
+        regkey: Vec<u8>,
+        /// The id from [`Op::ReserveUserId`].
+        user: UserId,
+        /// Handle for the account.
+        handle: String,
+        /// Public keys to store.
+        keys: Vec<PublicKey>,
+    },
+    /// A user's stored public keys. Answer: [`Answer::Keys`]; [`CoreError::NoSuchUser`].
+    PublicKeys {
+        /// The user.
+        user: UserId,
+    },
+    /// Record a login nonce for `user`; refused with [`CoreError::Replay`] if it was used
+    /// before (nonces are remembered for at least a day). Answer: [`Answer::Done`].
+    UseNonce {
+        /// The user.
+        user: UserId,
+        /// The nonce.
+        nonce: Vec<u8>,
+    },
+    /// Online / offline / unknown for each id. Answer: [`Answer::Statuses`].
+    Status {
+        /// The users.
+        users: Vec<UserId>,
+    },
+    /// Which user is logged in (bound) through `plugin` from this IP address, most recent
+    /// first; for servers that authorize by address (Retro's file server). Answer:
+    /// [`Answer::User`]; [`CoreError::NotBound`] if none.
+    PeerUser {
+        /// The plugin whose sessions count.
+        plugin: String,
+        /// The peer's IP address (no port).
+        ip: String,
+    },
+    /// Start storing a file owned by the acting user. Answer: [`Answer::Done`];
+    /// [`CoreError::Invalid`] if the id is in use.
+    FileBegin {
+        /// Opaque file id.
+        file_id: Vec<u8>,
+        /// Exact size that will follow.
+        size: u64,
+        /// Remove it this long after upload, at the latest.
+        ttl_ms: u64,
+        /// Remove it after this many complete downloads by users other than the owner.
+        downloads: u32,
+    },
+    /// Append to the file being stored (in order). Answer: [`Answer::Done`];
+    /// [`CoreError::Invalid`] past the announced size.
+    FileWrite {
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// The announced size has been written: make the file durable and available. Answer:
+    /// [`Answer::Done`]. A connection that closes before this leaves nothing behind.
+    FileFinish,
+    /// Open a stored file for reading. Answer: [`Answer::File`]; [`CoreError::NoSuchFile`].
+    FileOpen {
+        /// Opaque file id.
+        file_id: Vec<u8>,
+    },
+    /// Read the next bytes of the open file. Answer: [`Answer::Bytes`], empty at the end
+    /// (the download then counts as complete).
+    FileRead {
+        /// At most this many bytes.
+        max: u32,
+    },
+    /// Make `to` an accepted contact of the bound user at once, both ways (protocols
+    /// whose "friends" need no consent, e.g. Retro). Answer: [`Answer::Done`].
+    Befriend {
+        /// The other user.
+        to: Address,
     },
     /// Resolve an address to a user or room. Answer: [`Answer::User`] or [`Answer::Room`].
     Resolve {
@@ -175,8 +264,44 @@ pub enum Answer {
     },
     /// The bound user's contacts.
     Contacts(Vec<ContactEntry>),
+    /// A reserved user id.
+    Reserved {
+        /// The id.
+        user: UserId,
+    },
+    /// A user's public keys.
+    Keys(Vec<PublicKey>),
+    /// Presence of the asked users, in the order asked.
+    Statuses(Vec<UserStatus>),
+    /// An opened file.
+    File {
+        /// Its size.
+        size: u64,
+    },
+    /// Bytes read.
+    Bytes(Vec<u8>),
     /// Done, nothing to report.
     Done,
+}
+
+/// A stored public key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    /// What it is, e.g. `retro/rsa-spki-pem`, `retro/ed25519-spki-pem`.
+    pub kind: String,
+    /// The key as the client gave it.
+    pub bytes: Vec<u8>,
+}
+
+/// Presence of one user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserStatus {
+    /// Has a bound session.
+    Online(UserId),
+    /// Exists, no session.
+    Offline(UserId),
+    /// No such user.
+    Unknown(UserId),
 }
 
 /// One contact of the bound user.
@@ -236,6 +361,14 @@ pub enum CoreError {
     Invalid(String),
     /// A fault of the hub's own (storage...): the client may retry.
     Internal(String),
+    /// The registration key is unknown or spent.
+    BadRegkey,
+    /// The nonce was used before (a replayed login).
+    Replay,
+    /// The user already has a session and the bind was exclusive.
+    AlreadyConnected,
+    /// No such file (or it expired).
+    NoSuchFile,
 }
 
 impl std::fmt::Display for CoreError {
@@ -256,6 +389,10 @@ impl std::fmt::Display for CoreError {
             CoreError::NotMember => f.write_str("not a member of the room"),
             CoreError::Invalid(d) => write!(f, "invalid request: {d}"),
             CoreError::Internal(d) => write!(f, "internal error: {d}"),
+            CoreError::BadRegkey => f.write_str("unknown or spent registration key"),
+            CoreError::Replay => f.write_str("nonce already used"),
+            CoreError::AlreadyConnected => f.write_str("already logged in"),
+            CoreError::NoSuchFile => f.write_str("unknown file"),
         }
     }
 }

@@ -93,6 +93,7 @@ pub mod testing;
 
 pub use command::{
     Answer, Command, ContactEntry, ContactState, CoreError, HubEvent, Op, PasswordScheme,
+    PublicKey, UserStatus,
 };
 pub use event::{
     Address, CallNotice, ContactNotice, Content, Delivery, EventBody, EventRecord, FileOffer,
