@@ -84,6 +84,9 @@ pub struct Core {
     router: Addr<Router>,
     files: FileDir,
     peers: PeerMap,
+    /// Bounds concurrent password hashing (argon2 takes ~19 MiB and tens of ms each):
+    /// a flood of signins queues here instead of exhausting memory and threads.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 /// How long login nonces are remembered (replays within it are refused).
@@ -156,6 +159,9 @@ impl Core {
             router,
             files,
             peers: Arc::new(Mutex::new(HashMap::new())),
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         }
     }
 
@@ -202,8 +208,12 @@ impl Core {
             + Send
             + 'static,
     ) -> Pending {
-        let shared = self.shared.clone();
+        let (shared, hashing) = (self.shared.clone(), self.hashing.clone());
         Box::pin(async move {
+            let _permit = hashing
+                .acquire_owned()
+                .await
+                .map_err(|_| CoreError::Internal("hashing closed".into()))?;
             tokio::task::spawn_blocking(move || {
                 work(shared.store.as_ref(), &shared.settings.accounts)
             })

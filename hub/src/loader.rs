@@ -5,7 +5,8 @@
 #![allow(unsafe_code)]
 
 use hub_plugin_sdk::abi::{
-    EntryFn, PluginVTable, RBuf, ABI_VERSION, ENTRY_SYMBOL, STATUS_ERROR, STATUS_OK, STATUS_PANIC,
+    EntryFn, PluginVTable, RBuf, ABI_VERSION, ENTRY_SYMBOL, SCHEMA_HASH, STATUS_ERROR, STATUS_OK,
+    STATUS_PANIC,
 };
 use hub_plugin_sdk::{Input, Manifest, Now, Output, SessionInfo};
 use std::ffi::c_void;
@@ -38,6 +39,16 @@ pub enum LoadError {
         found: u32,
         /// The hub's version.
         expected: u32,
+    },
+    /// Built against another SDK source (the message types differ).
+    #[error("{path}: plugin SDK schema {found:016x}, this hub's is {expected:016x}; rebuild the plugin against this hub's SDK")]
+    SchemaMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's schema hash.
+        found: u64,
+        /// The hub's schema hash.
+        expected: u64,
     },
     /// The plugin refused or failed a call during loading.
     #[error("{path}: {what}: {detail}")]
@@ -153,6 +164,13 @@ impl Library {
         }
         // SAFETY: the version matches, so the layout is ours; it is static in the library.
         let table = unsafe { &*vtable };
+        if table.schema_hash != SCHEMA_HASH {
+            return Err(LoadError::SchemaMismatch {
+                path: path.to_owned(),
+                found: table.schema_hash,
+                expected: SCHEMA_HASH,
+            });
+        }
         let mut out = RBuf::empty();
         // SAFETY: `out` is a valid RBuf to write.
         let status = unsafe { (table.manifest)(&mut out) };

@@ -94,7 +94,7 @@ pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) -> anyho
         None
     };
     let hub = Arc::new(HubState::new(core, config, plugins));
-    let running = crate::listeners::start(hub.clone(), tls)?;
+    let mut running = crate::listeners::start(hub.clone(), tls)?;
     let (admin, admin_addr) = crate::admin::start(hub.clone())?;
     hub.ready.store(true, Relaxed);
     tracing::info!(
@@ -108,6 +108,7 @@ pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) -> anyho
     shutdown.await;
     tracing::info!("shutting down: closing listeners");
     hub.ready.store(false, Relaxed);
+    running.stop_accepting().await;
     // Tell every session goodbye in its protocol's own way, then give them a moment.
     for addr in hub.session_addrs() {
         addr.do_send(SessionMsg::Event(HubEvent::Shutdown));

@@ -12,7 +12,6 @@
 
 use crate::metrics::Metrics;
 use std::fs::File;
-use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -82,17 +81,17 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flusher for `db`, whose data file lives in `dir`.
+    /// Starts the flusher for `db`, fsyncing `data_file` (sled's `db` file) after each
+    /// flush.
     pub fn start(
         db: sled::Db,
-        dir: &Path,
+        data_file: File,
         mode: Durability,
         metrics: Arc<Metrics>,
     ) -> (GroupCommit, CommitHandle) {
         let (tx, rx) = mpsc::channel();
         // sled 0.34's flush() is sync_file_range, not fsync (sled #1452); an fsync of its
         // data file after each flush makes a batch survive a power cut too.
-        let data_file = File::open(dir.join("db")).ok();
         let thread = std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || flusher(db, data_file, rx, mode, metrics))
@@ -142,19 +141,17 @@ impl CommitHandle {
     }
 }
 
-fn flush_once(db: &sled::Db, data_file: &Option<File>, metrics: &Metrics) -> Result<(), String> {
+fn flush_once(db: &sled::Db, data_file: &File, metrics: &Metrics) -> Result<(), String> {
     let started = Instant::now();
     db.flush().map_err(|e| format!("sled flush: {e}"))?;
-    if let Some(file) = data_file {
-        file.sync_data().map_err(|e| format!("fsync: {e}"))?;
-    }
+    data_file.sync_data().map_err(|e| format!("fsync: {e}"))?;
     metrics.observe_flush(started.elapsed());
     Ok(())
 }
 
 fn flusher(
     db: sled::Db,
-    data_file: Option<File>,
+    data_file: File,
     rx: mpsc::Receiver<Request>,
     mode: Durability,
     metrics: Arc<Metrics>,

@@ -23,6 +23,20 @@ pub struct Running {
     pub web: Option<actix_web::dev::ServerHandle>,
     /// Every bound listener: (plugin, role, address).
     pub bound: Vec<(String, String, SocketAddr)>,
+    /// The TCP/TLS accept loops (aborted to stop accepting).
+    pub accept_loops: Vec<actix_rt::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting new connections on every listener; open ones go on.
+    pub async fn stop_accepting(&mut self) {
+        for accept_loop in self.accept_loops.drain(..) {
+            accept_loop.abort();
+        }
+        if let Some(web) = &self.web {
+            web.pause().await;
+        }
+    }
 }
 
 /// Binds a listening socket with SO_REUSEADDR (a restarted hub can rebind at once).
@@ -130,6 +144,7 @@ pub fn start(hub: Arc<HubState>, tls: Option<TlsAcceptor>) -> anyhow::Result<Run
     let mut web_endpoints: HashMap<SocketAddr, Arc<Endpoint>> = HashMap::new();
     let mut web_listeners = Vec::new();
     let mut bound = Vec::new();
+    let mut accept_loops = Vec::new();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let stream_workers: Arc<Vec<ArbiterHandle>> =
         Arc::new((0..threads).map(|_| Arbiter::new().handle()).collect());
@@ -175,13 +190,13 @@ pub fn start(hub: Arc<HubState>, tls: Option<TlsAcceptor>) -> anyhow::Result<Run
                     let acceptor = tls
                         .clone()
                         .context("a TLS role needs the hub's TLS configuration")?;
-                    actix_rt::spawn(stream::accept_loop(
+                    accept_loops.push(actix_rt::spawn(stream::accept_loop(
                         hub.clone(),
                         endpoint,
                         listener,
                         Some(acceptor),
                         stream_workers.clone(),
-                    ));
+                    )));
                 }
             }
         }
@@ -208,5 +223,9 @@ pub fn start(hub: Arc<HubState>, tls: Option<TlsAcceptor>) -> anyhow::Result<Run
         actix_rt::spawn(server);
         Some(handle)
     };
-    Ok(Running { web, bound })
+    Ok(Running {
+        web,
+        bound,
+        accept_loops,
+    })
 }

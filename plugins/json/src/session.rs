@@ -53,6 +53,9 @@ enum Purpose {
     },
 }
 
+/// Milliseconds before an unanswered receipt ping is sent again.
+const RECEIPT_PING_RETRY_MS: u64 = 5_000;
+
 /// Tokens this connection has seen checked (bounded).
 const TOKEN_CACHE: usize = 16;
 
@@ -66,6 +69,8 @@ pub struct JsonSession {
     tokens: HashMap<String, Option<UserRef>>,
     identity: Option<UserRef>,
     subscribed: bool,
+    /// A subscribe is being checked or bound.
+    subscribing: bool,
     /// A `Bind` is in flight: deliveries that overtake its answer wait here, so the
     /// client always sees the subscribe reply before its events.
     binding: bool,
@@ -76,6 +81,10 @@ pub struct JsonSession {
     delivered_through: Seq,
     acked_through: Seq,
     ping_outstanding: bool,
+    /// When an unanswered receipt ping is sent again (a client may answer only the
+    /// latest of several pings, so a pong can be lost to the hub's keep-alive ping).
+    ping_retry: Option<u64>,
+    now_ms: u64,
     deadline: Option<u64>,
     closed: bool,
 }
@@ -91,6 +100,7 @@ impl JsonSession {
             tokens: HashMap::new(),
             identity: None,
             subscribed: false,
+            subscribing: false,
             binding: false,
             early: Vec::new(),
             blocked: VecDeque::new(),
@@ -98,6 +108,8 @@ impl JsonSession {
             delivered_through: Seq(0),
             acked_through: Seq(0),
             ping_outstanding: false,
+            ping_retry: None,
+            now_ms: 0,
             deadline: None,
             closed: false,
         }
@@ -229,9 +241,10 @@ impl JsonSession {
             }
             "subscribe" => {
                 let token = request.text("session")?.to_owned();
-                if self.subscribed {
+                if self.subscribed || self.subscribing {
                     return Err(request.refuse(RespCode::Malformed, "already subscribed"));
                 }
+                self.subscribing = true;
                 self.command(
                     Op::CheckToken {
                         token: token.clone(),
@@ -262,8 +275,11 @@ impl JsonSession {
         let token = request.text("session")?.to_owned();
         match self.tokens.get(&token).cloned() {
             None => {
+                // This is always the earliest waiting request (fresh ones only arrive here
+                // when nothing waits; unblock() re-runs them front first): it goes back
+                // to the front so replies keep request order.
                 self.checking = true;
-                self.blocked.push_back(request);
+                self.blocked.push_front(request);
                 self.command(
                     Op::CheckToken {
                         token: token.clone(),
@@ -414,8 +430,7 @@ impl JsonSession {
             Purpose::SubscribeToken { id, token } => match result {
                 Ok(Answer::Session { user, .. }) => {
                     if self.identity.as_ref().is_some_and(|me| me.id != user.id) {
-                        return self
-                            .subscribe_failed(id, "this connection belongs to another user");
+                        return self.subscribe_failed(id, CoreError::Forbidden);
                     }
                     self.remember_token(token, Some(user.clone()));
                     self.identity = Some(user.clone());
@@ -428,11 +443,15 @@ impl JsonSession {
                         Purpose::SubscribeBind { id },
                     );
                 }
-                Ok(other) => self.unexpected(&other),
-                Err(error) => self.subscribe_failed(id, &error.to_string()),
+                Ok(other) => {
+                    self.subscribing = false;
+                    self.unexpected(&other)
+                }
+                Err(error) => self.subscribe_failed(id, error),
             },
             Purpose::SubscribeBind { id } => {
                 self.binding = false;
+                self.subscribing = false;
                 match result {
                     Ok(Answer::Bound { user, cursor }) => {
                         self.subscribed = true;
@@ -450,7 +469,7 @@ impl JsonSession {
                         }
                     }
                     Ok(other) => self.unexpected(&other),
-                    Err(error) => self.subscribe_failed(id, &error.to_string()),
+                    Err(error) => self.subscribe_failed(id, error),
                 }
             }
             Purpose::Request { kind, id } => self.on_request_answer(kind, id, result),
@@ -520,16 +539,21 @@ impl JsonSession {
         }
     }
 
-    fn subscribe_failed(&mut self, id: Option<Value>, detail: &str) {
-        // The spec: a bad subscribe token is answered with code 1, then the client is
-        // disconnected.
+    fn subscribe_failed(&mut self, id: Option<Value>, error: CoreError) {
+        self.subscribing = false;
+        self.early.clear();
+        let code = RespCode::from_core(&error);
         self.refuse(Refusal {
             reply_type: "subscribe".into(),
-            code: RespCode::BadToken,
-            detail: detail.into(),
+            code,
+            detail: error.to_string(),
             id,
         });
-        self.close(1008, "subscribe refused");
+        // The spec: a bad token is answered with code 1, then the client is
+        // disconnected. Other failures (the hub's own) leave the connection open.
+        if code == RespCode::BadToken {
+            self.close(1008, "subscribe refused");
+        }
     }
 
     fn unexpected(&mut self, answer: &Answer) {
@@ -597,6 +621,7 @@ impl JsonSession {
     fn ping_for_receipt(&mut self) {
         if !self.ping_outstanding && self.delivered_through > self.acked_through {
             self.ping_outstanding = true;
+            self.ping_retry = Some(self.now_ms + RECEIPT_PING_RETRY_MS);
             let payload = self.delivered_through.0.to_be_bytes().to_vec();
             self.out
                 .push_back(Output::Transmit(Transmit::Message(WsMessage::Ping(
@@ -611,6 +636,7 @@ impl JsonSession {
         };
         let through = Seq(u64::from_be_bytes(bytes));
         self.ping_outstanding = false;
+        self.ping_retry = None;
         if through > self.acked_through && through <= self.delivered_through {
             self.acked_through = through;
             self.fire_and_forget(Op::Ack { through });
@@ -674,6 +700,7 @@ fn call_data(request: &Request) -> Vec<u8> {
 
 impl Session for JsonSession {
     fn handle_input(&mut self, now: Now, input: Input) {
+        self.now_ms = now.mono_ms;
         match input {
             Input::Opened => {
                 self.deadline = Some(now.mono_ms + self.config.handshake_timeout_ms);
@@ -693,6 +720,11 @@ impl Session for JsonSession {
             Input::Message(WsMessage::Ping(_)) => {}
             Input::Event(event) => self.on_event(event),
             Input::Timeout => {
+                if self.ping_retry.is_some_and(|d| d <= now.mono_ms) && !self.closed {
+                    self.ping_outstanding = false;
+                    self.ping_retry = None;
+                    self.ping_for_receipt();
+                }
                 if self.deadline.is_some_and(|d| d <= now.mono_ms) {
                     self.deadline = None;
                     self.refuse(Refusal {
@@ -727,8 +759,10 @@ impl Session for JsonSession {
     }
 
     fn poll_output(&mut self) -> Output {
-        self.out
-            .pop_front()
-            .unwrap_or(Output::Timeout(self.deadline))
+        let next = match (self.deadline, self.ping_retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.out.pop_front().unwrap_or(Output::Timeout(next))
     }
 }

@@ -251,6 +251,10 @@ fn deliveries_are_acknowledged_by_pong_not_before() {
     let outs = h.input(Input::Message(WsMessage::Pong(4u64.to_be_bytes().to_vec())));
     assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(4) });
     assert!(outs.iter().any(|o| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(p))) if p == &5u64.to_be_bytes().to_vec())));
+    // A pong that never comes (the client answered a later keep-alive ping instead):
+    // the receipt ping is sent again.
+    let outs = h.advance(5_000);
+    assert!(outs.iter().any(|o| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(p))) if p == &5u64.to_be_bytes().to_vec())));
     // A close, even a clean one, proves nothing: seq 5 stays unacknowledged.
     let outs = h.input(Input::Closed { clean: true });
     assert!(commands(&outs).is_empty());
@@ -384,4 +388,57 @@ fn random_and_mutated_frames_never_panic() {
             h.input(answer(command.id, result));
         }
     }
+}
+
+#[test]
+fn a_second_subscribe_while_the_first_binds_is_code_7_and_keeps_the_connection() {
+    let mut h = session();
+    let outs = h.input(text(json!({"type": "subscribe", "session": "tok"})));
+    assert_eq!(commands(&outs).len(), 1);
+    let outs = h.input(text(json!({"type": "subscribe", "session": "tok"})));
+    assert!(commands(&outs).is_empty());
+    assert_eq!(sent(&outs)[0]["resp_code"], 7);
+    assert!(!outs.iter().any(|o| matches!(o, Output::Close(_))));
+}
+
+#[test]
+fn requests_behind_token_checks_keep_their_order() {
+    let mut h = session();
+    let msg = |token: &str, text: &str| {
+        let source = if token == "tok" { "alice" } else { "bob" };
+        text_input(
+            json!({"type": "message", "session": token, "source": source, "dest": "carol", "message": text}),
+        )
+    };
+    fn text_input(v: Value) -> Input {
+        text(v)
+    }
+    let check_a = commands(&h.input(msg("tok", "r1")))[0].clone();
+    assert!(commands(&h.input(msg("tok2", "r2"))).is_empty());
+    assert!(commands(&h.input(msg("tok", "r3"))).is_empty());
+    let outs = h.input(answer(check_a.id, session_answer()));
+    let cmds = commands(&outs);
+    // r1 goes out; r2 needs its own token check and r3 waits behind it.
+    assert!(matches!(&cmds[1].op, Op::Send { content: Content::Text(t), .. } if t == "r1"));
+    assert_eq!(
+        cmds[2].op,
+        Op::CheckToken {
+            token: "tok2".into()
+        }
+    );
+    assert_eq!(cmds.len(), 3);
+    let bob = Ok(Answer::Session {
+        token: "tok2".into(),
+        user: UserRef {
+            id: UserId(9),
+            handle: "bob".into(),
+        },
+        expires_unix_ms: u64::MAX,
+    });
+    let outs = h.input(answer(cmds[2].id, bob));
+    // r2's token belongs to another user than the connection's: refused, then r3 goes.
+    assert_eq!(sent(&outs)[0]["resp_code"], 1);
+    assert!(
+        matches!(&commands(&outs)[0].op, Op::Send { content: Content::Text(t), .. } if t == "r3")
+    );
 }

@@ -3,8 +3,10 @@
 //! A plugin exports one symbol, [`ENTRY_SYMBOL`], an `extern "C" fn() -> *const
 //! PluginVTable`. The vtable's first field is [`PluginVTable::abi_version`]; the hub reads
 //! it before touching anything else and refuses a library whose version is not
-//! [`ABI_VERSION`]. The vtable only ever grows by appending fields, and every change to it
-//! bumps [`ABI_VERSION`].
+//! [`ABI_VERSION`], then compares [`PluginVTable::schema_hash`] with its own
+//! [`SCHEMA_HASH`] (a fingerprint of the SDK types, since postcard carries no schema).
+//! The vtable only ever grows by appending fields, and every change to it bumps
+//! [`ABI_VERSION`].
 //!
 //! Only `#[repr(C)]` data, byte slices and `extern "C"` function pointers cross the
 //! boundary. Structured values are postcard-encoded SDK types (config is JSON text).
@@ -17,8 +19,34 @@
 
 use std::ffi::c_void;
 
-/// Version of this ABI. The hub refuses plugins built against another one.
-pub const ABI_VERSION: u32 = 1;
+/// Version of this ABI (the vtable layout). The hub refuses plugins built against another
+/// one.
+pub const ABI_VERSION: u32 = 2;
+
+/// FNV-1a over a string, usable in constants.
+const fn fnv1a(text: &str) -> u64 {
+    let bytes = text.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// A fingerprint of every type that crosses the boundary postcard-encoded (the source of
+/// the modules that define them). Postcard carries no schema, so a hub and a plugin built
+/// from different SDK sources must not talk: the hub compares this after the version.
+/// Any edit to those files (even a comment) changes it, which errs on the safe side.
+pub const SCHEMA_HASH: u64 = fnv1a(concat!(
+    include_str!("command.rs"),
+    include_str!("event.rs"),
+    include_str!("ids.rs"),
+    include_str!("io.rs"),
+    include_str!("manifest.rs"),
+));
 
 /// The one symbol a plugin exports (NUL-terminated for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"hub_plugin_entry\0";
@@ -65,6 +93,8 @@ pub type EntryFn = unsafe extern "C" fn() -> *const PluginVTable;
 pub struct PluginVTable {
     /// Must equal the hub's [`ABI_VERSION`]. Read first, before any other field.
     pub abi_version: u32,
+    /// Must equal the hub's [`SCHEMA_HASH`] (checked right after the version).
+    pub schema_hash: u64,
     /// Writes the postcard-encoded [`crate::Manifest`] to `out`.
     pub manifest: unsafe extern "C" fn(out: *mut RBuf) -> u32,
     /// Builds a protocol instance from JSON config bytes; on success `*instance` is set.

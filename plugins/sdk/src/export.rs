@@ -16,6 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub const fn vtable<P: Protocol>(abi_version: u32) -> PluginVTable {
     PluginVTable {
         abi_version,
+        schema_hash: crate::abi::SCHEMA_HASH,
         manifest: manifest::<P>,
         create: create::<P>,
         destroy: destroy::<P>,
