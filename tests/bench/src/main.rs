@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p hub-bench -- json-pairs [--pairs 100] [--messages 200] [--window 32] [--durability flush|interval]
+//! cargo run --release -p hub-bench -- retro-pairs [--pairs 100] [--rounds 20] [--messages 100]
 //! cargo run --release -p hub-bench -- smoke      # a few seconds, for CI
 //! ```
 
@@ -11,12 +12,13 @@
 
 mod json_pairs;
 mod report;
+mod retro_pairs;
 
 use std::collections::HashMap;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hub-bench <json-pairs|smoke> [--pairs N] [--messages N] [--window N] [--durability flush|interval]"
+        "usage: hub-bench <json-pairs|retro-pairs|smoke> [--pairs N] [--messages N] [--window N] [--rounds N] [--durability flush|interval]"
     );
     std::process::exit(2);
 }
@@ -57,6 +59,15 @@ fn main() {
                     })
                 })
                 .collect()
+        }
+        "retro-pairs" => {
+            let (rtt, throughput) = retro_pairs::run(retro_pairs::Params {
+                pairs: number("pairs", 100),
+                rounds: number("rounds", 20),
+                messages: number("messages", 100),
+            });
+            report::print_and_save("retro-rtt", &[rtt]);
+            vec![throughput]
         }
         "smoke" => vec![json_pairs::run(json_pairs::Params {
             pairs: 10,
