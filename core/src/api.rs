@@ -750,6 +750,20 @@ impl Core {
         await_reply(rx)
     }
 
+    /// The session handed `bytes` (as `delivery_size` counts) of deliveries to its
+    /// transport: they no longer count against its byte bound.
+    pub fn consumed(&self, ctx: &ConnContext, bytes: usize) {
+        if let (Some(me), true) = (&ctx.identity, ctx.attached) {
+            self.router.do_send(RouterMsg::ToUser {
+                user: me.clone(),
+                msg: UserMsg::Consumed {
+                    conn: ctx.conn,
+                    bytes,
+                },
+            });
+        }
+    }
+
     /// The session wrote its last backlog page and wants the next.
     pub fn more_backlog(&self, ctx: &ConnContext) {
         if let (Some(me), true) = (&ctx.identity, ctx.attached) {

@@ -13,5 +13,5 @@ pub mod files;
 pub mod metrics;
 pub mod store;
 
-pub use actors::{CoreSettings, SessionAddr, SessionMsg};
+pub use actors::{delivery_size, CoreSettings, SessionAddr, SessionMsg};
 pub use api::{ConnContext, Core, Pending};

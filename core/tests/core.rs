@@ -590,3 +590,72 @@ async fn calls_ring_accept_end_busy_and_miss() {
         }
     }
 }
+
+#[actix_rt::test]
+async fn a_session_that_does_not_consume_is_dropped_at_the_byte_bound_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let store = SledStore::open(dir.path(), Durability::Flush, metrics.clone()).unwrap();
+    let mut settings = CoreSettings::default();
+    settings.accounts.pbkdf2_iterations = 1;
+    settings.session_queue_bytes = 64 * 1024;
+    settings.files_dir = dir.path().join("files");
+    let core = Core::start(Arc::new(store), metrics, settings);
+    let (mut a, mut b) = (conn(1), conn(2));
+    let alice = signup(&core, &mut a, "alice").await;
+    let bob = signup(&core, &mut b, "bob").await;
+    run(&core, &mut a, Op::Authenticate { user: alice.id })
+        .await
+        .unwrap();
+    run(
+        &core,
+        &mut b,
+        Op::Bind {
+            user: bob.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
+    let big = "x".repeat(4000);
+    for _ in 0..40 {
+        let op = Op::Send {
+            to: Address::User(bob.id),
+            content: Content::Text(big.clone()),
+        };
+        run(&core, &mut a, op).await.unwrap();
+    }
+    // Bob's connection never reports consumption: after ~64 KiB it is dropped.
+    let mut delivered = 0;
+    loop {
+        match next_event(&core, &mut b).await {
+            HubEvent::Deliver(_) => delivered += 1,
+            HubEvent::Kicked { .. } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        (14..40).contains(&delivered),
+        "dropped after {delivered} events"
+    );
+    // Everything is still stored: a new session gets all 40.
+    core.disconnect(&mut b.ctx);
+    let mut b2 = conn(3);
+    run(
+        &core,
+        &mut b2,
+        Op::Bind {
+            user: bob.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..40 {
+        assert!(matches!(
+            next_event(&core, &mut b2).await,
+            HubEvent::Deliver(_)
+        ));
+        core.consumed(&b2.ctx, 4256);
+    }
+}

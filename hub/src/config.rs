@@ -66,6 +66,8 @@ struct RawCore {
 pub struct Limits {
     /// Events queued to a connection before it is dropped as a slow reader.
     pub session_queue: usize,
+    /// Bytes of events queued to a connection before it is dropped as a slow reader.
+    pub session_queue_bytes: usize,
     /// Stored events per backlog page.
     pub backlog_page: usize,
     /// WebSocket ping interval, seconds.
@@ -171,6 +173,9 @@ impl HubConfig {
         if raw.limits.session_queue < 16 {
             bail!("limits.session_queue must be at least 16");
         }
+        if raw.limits.session_queue_bytes < 256 * 1024 {
+            bail!("limits.session_queue_bytes must be at least 262144");
+        }
         if raw.limits.backlog_page == 0 || raw.limits.backlog_page * 2 > raw.limits.session_queue {
             bail!("limits.backlog_page must be between 1 and half of limits.session_queue");
         }
@@ -187,6 +192,7 @@ impl HubConfig {
             backlog_page: raw.limits.backlog_page,
             user_threads: raw.core.user_threads.clamp(1, 64),
             files_dir: raw.data_dir.join("files"),
+            session_queue_bytes: raw.limits.session_queue_bytes,
         };
         Ok(HubConfig {
             data_dir: raw.data_dir,

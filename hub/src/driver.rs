@@ -38,7 +38,12 @@ pub struct Driver {
     closed_fed: bool,
     reported_user: bool,
     info: SessionInfo,
+    /// Delivery bytes handed to the transport and not yet reported to the core.
+    unreported: usize,
 }
+
+/// Consumption is reported to the core in steps of this many bytes.
+const REPORT_STEP: usize = 64 * 1024;
 
 impl Driver {
     /// Opens a plugin session for a new connection.
@@ -73,6 +78,7 @@ impl Driver {
             span,
             closed_fed: false,
             reported_user: false,
+            unreported: 0,
         })
     }
 
@@ -256,9 +262,21 @@ where
     A::Context: AsyncContext<A>,
 {
     match msg {
-        SessionMsg::Event(event) => feed(act, ctx, Input::Event(event)),
+        SessionMsg::Event(event) => {
+            if let HubEvent::Deliver(delivery) = &event {
+                let driver = act.driver();
+                driver.unreported += hub_core::delivery_size(delivery);
+                if driver.unreported >= REPORT_STEP {
+                    driver.hub.core.consumed(&driver.conn, driver.unreported);
+                    driver.unreported = 0;
+                }
+            }
+            feed(act, ctx, Input::Event(event))
+        }
         SessionMsg::PageDone => {
             let driver = act.driver();
+            // MoreBacklog resets the core's count for this session.
+            driver.unreported = 0;
             driver.hub.core.more_backlog(&driver.conn);
         }
     }

@@ -43,6 +43,9 @@ pub struct CoreSettings {
     pub user_threads: usize,
     /// Where file content is stored.
     pub files_dir: std::path::PathBuf,
+    /// Bytes of events queued to one session and not yet reported consumed before it is
+    /// dropped as a slow reader.
+    pub session_queue_bytes: usize,
 }
 
 impl Default for CoreSettings {
@@ -54,6 +57,7 @@ impl Default for CoreSettings {
             backlog_page: 256,
             user_threads: 2,
             files_dir: std::path::PathBuf::from("data/files"),
+            session_queue_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -122,6 +126,13 @@ pub enum UserMsg {
         /// The connection.
         conn: ConnId,
     },
+    /// The session handed this many bytes of deliveries to its transport.
+    Consumed {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes, as counted by [`delivery_size`].
+        bytes: usize,
+    },
     /// The client proved receipt up to `through`.
     Ack {
         /// Last received position.
@@ -147,6 +158,27 @@ pub(crate) fn user_ref(id: UserId, handle: &str) -> UserRef {
         id,
         handle: handle.to_owned(),
     }
+}
+
+/// What a delivery weighs for the per-session byte bound: its content plus a fixed
+/// allowance for the envelope. The core and the connection actors count the same way.
+pub fn delivery_size(delivery: &hub_plugin_sdk::Delivery) -> usize {
+    use hub_plugin_sdk::{CallNotice, Content, EventBody};
+    let content = match &delivery.event.body {
+        EventBody::Message(Content::Text(text)) => text.len(),
+        EventBody::Message(Content::Sealed { bytes, .. }) => bytes.len(),
+        EventBody::Message(Content::File(offer)) => {
+            offer.name.len() + offer.file_id.len() + offer.sealed.as_ref().map_or(0, Vec::len)
+        }
+        EventBody::Call { notice, .. } => match notice {
+            CallNotice::Ring { data }
+            | CallNotice::Accepted { data }
+            | CallNotice::Signal { data } => data.len(),
+            _ => 0,
+        },
+        EventBody::Contact(_) | EventBody::Room(_) => 0,
+    };
+    content + 256
 }
 
 /// Milliseconds since the Unix epoch, now.

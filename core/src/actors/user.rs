@@ -41,6 +41,8 @@ struct SessionSlot {
     live: bool,
     /// A backlog page is in flight (waiting for `MoreBacklog`).
     page_in_flight: bool,
+    /// Bytes pushed and not yet reported consumed (`delivery_size`).
+    queued_bytes: usize,
 }
 
 /// The user actor.
@@ -145,11 +147,10 @@ impl UserActor {
                 if Some(slot.conn) == done.skip_conn {
                     continue;
                 }
-                if !push(
-                    &self.shared,
-                    &slot.addr,
-                    SessionMsg::Event(HubEvent::Deliver(delivery.clone())),
-                ) {
+                slot.queued_bytes += super::delivery_size(&delivery);
+                let over = slot.queued_bytes > self.shared.settings.session_queue_bytes;
+                let message = SessionMsg::Event(HubEvent::Deliver(delivery.clone()));
+                if over || !push(&self.shared, &slot.addr, message) {
                     slow.push(slot.conn);
                 }
             }
@@ -183,17 +184,24 @@ impl UserActor {
                 return;
             }
         };
-        let full = events.len() == page;
+        let mut full = events.len() == page;
+        // A page also ends at half the byte bound: big events come in smaller pages.
+        let byte_budget = self.shared.settings.session_queue_bytes / 2;
         let mut ok = true;
         for delivery in events {
+            if slot.queued_bytes >= byte_budget {
+                full = true;
+                break;
+            }
             slot.sent_through = delivery.seq;
-            ok &= push(
-                &self.shared,
-                &slot.addr,
-                SessionMsg::Event(HubEvent::Deliver(delivery)),
-            );
+            slot.queued_bytes += super::delivery_size(&delivery);
+            let message = SessionMsg::Event(HubEvent::Deliver(delivery));
+            if !push(&self.shared, &slot.addr, message) {
+                ok = false;
+                break;
+            }
         }
-        if full {
+        if full && ok {
             slot.page_in_flight = true;
             ok &= push(&self.shared, &slot.addr, SessionMsg::PageDone);
         } else {
@@ -326,6 +334,7 @@ impl Handler<ToUserActor> for UserActor {
                     sent_through: cursor,
                     live: false,
                     page_in_flight: false,
+                    queued_bytes: 0,
                 });
                 if first {
                     self.router.do_send(RouterMsg::SetOnline {
@@ -354,9 +363,17 @@ impl Handler<ToUserActor> for UserActor {
             }
             UserMsg::MoreBacklog { conn } => {
                 if let Some(slot) = self.sessions.iter_mut().find(|s| s.conn == conn) {
+                    // While catching up only pages are pushed, and the session has
+                    // handled the whole page before asking for more.
                     slot.page_in_flight = false;
+                    slot.queued_bytes = 0;
                 }
                 self.pump(conn);
+            }
+            UserMsg::Consumed { conn, bytes } => {
+                if let Some(slot) = self.sessions.iter_mut().find(|s| s.conn == conn) {
+                    slot.queued_bytes = slot.queued_bytes.saturating_sub(bytes);
+                }
             }
             UserMsg::Ack { through } => {
                 // Never past what is durable: an ack cannot prove more than exists.
