@@ -659,3 +659,70 @@ async fn a_session_that_does_not_consume_is_dropped_at_the_byte_bound_and_loses_
         core.consumed(&b2.ctx, 4256);
     }
 }
+
+#[actix_rt::test]
+async fn idle_room_actors_are_retired_and_come_back_with_their_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let store = SledStore::open(dir.path(), Durability::Flush, metrics.clone()).unwrap();
+    let mut settings = CoreSettings::default();
+    settings.accounts.pbkdf2_iterations = 1;
+    settings.user_idle = Duration::from_millis(100);
+    settings.files_dir = dir.path().join("files");
+    let core = Core::start(Arc::new(store), metrics.clone(), settings);
+    let (mut a, mut b) = (conn(1), conn(2));
+    let alice = signup(&core, &mut a, "alice").await;
+    let bob = signup(&core, &mut b, "bob").await;
+    run(
+        &core,
+        &mut a,
+        Op::Bind {
+            user: alice.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
+    run(
+        &core,
+        &mut b,
+        Op::Bind {
+            user: bob.id,
+            exclusive: false,
+        },
+    )
+    .await
+    .unwrap();
+    run(&core, &mut a, Op::JoinRoom { room: "r".into() })
+        .await
+        .unwrap();
+    run(&core, &mut b, Op::JoinRoom { room: "r".into() })
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics
+            .room_actors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        metrics
+            .room_actors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "retired"
+    );
+    let op = Op::Send {
+        to: Address::Room("r".into()),
+        content: Content::Text("back".into()),
+    };
+    run(&core, &mut b, op).await.unwrap();
+    loop {
+        if let HubEvent::Deliver(d) = next_event(&core, &mut a).await {
+            if d.event.body == EventBody::Message(Content::Text("back".into())) {
+                break;
+            }
+        }
+    }
+}

@@ -58,6 +58,12 @@ pub struct RoomActor {
     shared: Arc<Shared>,
     router: Addr<Router>,
     members: HashMap<UserId, UserRef>,
+    /// Messages handled, reported to the router when idle.
+    handled: u64,
+    /// Fan-outs still waiting for their copies to be stored: the actor is not retired
+    /// while any runs (retiring would drop their replies).
+    inflight: usize,
+    idle_timer: Option<SpawnHandle>,
 }
 
 impl RoomActor {
@@ -68,13 +74,16 @@ impl RoomActor {
             shared,
             router,
             members: HashMap::new(),
+            handled: 0,
+            inflight: 0,
+            idle_timer: None,
         }
     }
 
     /// Appends `body` to every member's stream except the sender's (`from`), then
     /// answers `reply` with `answer` once all copies are durable.
     fn fan_out(
-        &self,
+        &mut self,
         ctx: &mut Context<Self>,
         origin: Origin,
         from: UserRef,
@@ -111,20 +120,54 @@ impl RoomActor {
             });
         }
         let id = event.id;
+        self.inflight += 1;
         ctx.spawn(
             async move {
                 let _ = reply.send(all_stored(replies).await.map(|()| answer(id)));
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(), act, _ctx| act.inflight -= 1),
         );
+    }
+
+    /// Asks the router to retire this actor after `user_idle` without messages.
+    fn schedule_idle_check(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.idle_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let idle = self.shared.settings.user_idle;
+        self.idle_timer = Some(ctx.run_later(idle, |act, ctx| {
+            act.idle_timer = None;
+            if act.inflight == 0 {
+                act.router.do_send(RouterMsg::RoomIdle {
+                    room: act.room.id,
+                    seen: act.handled,
+                });
+            } else {
+                act.schedule_idle_check(ctx);
+            }
+        }));
+    }
+}
+
+/// Router → room actor: stop now (the router has forgotten it; nothing new arrives).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetireRoom;
+
+impl Handler<RetireRoom> for RoomActor {
+    type Result = ();
+    fn handle(&mut self, _msg: RetireRoom, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 
 impl Actor for RoomActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         self.shared.metrics.room_actors.fetch_add(1, Relaxed);
+        self.schedule_idle_check(ctx);
         let store = &self.shared.store;
         match store.room_members(self.room.id) {
             Ok(ids) => {
@@ -154,6 +197,8 @@ impl Handler<RoomMsg> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: RoomMsg, ctx: &mut Context<Self>) {
+        self.handled += 1;
+        self.schedule_idle_check(ctx);
         match msg {
             RoomMsg::Join {
                 user,

@@ -2,7 +2,7 @@
 //! is in a call, and forwards every message to the actor that owns its subject.
 
 use super::call::{CallActor, CallMsg};
-use super::room::{RoomActor, RoomMsg};
+use super::room::{RetireRoom, RoomActor, RoomMsg};
 use super::user::{Retire, UserActor};
 use super::{SessionAddr, SessionMsg, Shared, ToUserActor, UserMsg};
 use actix::prelude::*;
@@ -12,6 +12,12 @@ use hub_plugin_sdk::{
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+
+struct RoomEntry {
+    addr: Addr<RoomActor>,
+    /// Messages forwarded to this actor; compared with what it reports having handled.
+    routed: u64,
+}
 
 struct UserEntry {
     addr: Addr<UserActor>,
@@ -74,6 +80,13 @@ pub enum RouterMsg {
         /// The message.
         msg: RoomMsg,
     },
+    /// A room actor has had nothing to do for a while.
+    RoomIdle {
+        /// The room.
+        room: RoomId,
+        /// Messages it has handled.
+        seen: u64,
+    },
     /// Start a call.
     CallStart {
         /// Caller.
@@ -108,7 +121,7 @@ pub struct Router {
     shared: Arc<Shared>,
     users: HashMap<UserId, UserEntry>,
     online: HashMap<UserId, UserRef>,
-    rooms: HashMap<RoomId, Addr<RoomActor>>,
+    rooms: HashMap<RoomId, RoomEntry>,
     calls: HashMap<CallId, Addr<CallActor>>,
     in_call: HashMap<UserId, CallId>,
     next_call: u64,
@@ -255,14 +268,19 @@ impl Handler<RouterMsg> for Router {
                 let _ = reply.send(online);
             }
             RouterMsg::ToRoom { room, msg } => {
-                let addr = self
-                    .rooms
-                    .entry(room.id)
-                    .or_insert_with(|| {
-                        RoomActor::new(room.clone(), self.shared.clone(), ctx.address()).start()
-                    })
-                    .clone();
-                addr.do_send(msg);
+                let entry = self.rooms.entry(room.id).or_insert_with(|| RoomEntry {
+                    addr: RoomActor::new(room.clone(), self.shared.clone(), ctx.address()).start(),
+                    routed: 0,
+                });
+                entry.routed += 1;
+                entry.addr.do_send(msg);
+            }
+            RouterMsg::RoomIdle { room, seen } => {
+                if self.rooms.get(&room).is_some_and(|e| e.routed == seen) {
+                    if let Some(entry) = self.rooms.remove(&room) {
+                        entry.addr.do_send(RetireRoom);
+                    }
+                }
             }
             RouterMsg::CallStart {
                 from,
