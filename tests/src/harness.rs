@@ -10,29 +10,55 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Plugin crates the harness can put in a hub's plugins directory: (crate, library file
-/// stem, plugin name, roles).
-const PLUGINS: &[(&str, &str, &str, &[&str])] = &[
-    ("hub-plugin-json", "libhub_plugin_json", "json", &["main"]),
-    (
-        "hub-plugin-retro",
-        "libhub_plugin_retro",
-        "retro",
-        &["chat", "file"],
-    ),
-    (
-        "hub-plugin-testkit",
-        "libhub_plugin_testkit",
-        "testkit",
-        &["tcp", "tls", "http"],
-    ),
-    (
-        "hub-plugin-wrong-abi",
-        "libhub_plugin_wrong_abi",
-        "wrongabi",
-        &["main"],
-    ),
+/// A plugin crate the harness can put in a hub's plugins directory.
+struct TestPlugin {
+    krate: &'static str,
+    file_stem: &'static str,
+    name: &'static str,
+    roles: &'static [&'static str],
+    /// Built into its own target directory (`target/test-plugins`) so that it never sits
+    /// beside the real plugins, where `cargo run` would load it.
+    test_only: bool,
+}
+
+const PLUGINS: &[TestPlugin] = &[
+    TestPlugin {
+        krate: "hub-plugin-json",
+        file_stem: "libhub_plugin_json",
+        name: "json",
+        roles: &["main"],
+        test_only: false,
+    },
+    TestPlugin {
+        krate: "hub-plugin-retro",
+        file_stem: "libhub_plugin_retro",
+        name: "retro",
+        roles: &["chat", "file"],
+        test_only: false,
+    },
+    TestPlugin {
+        krate: "hub-plugin-testkit",
+        file_stem: "libhub_plugin_testkit",
+        name: "testkit",
+        roles: &["tcp", "tls", "http"],
+        test_only: true,
+    },
+    TestPlugin {
+        krate: "hub-plugin-wrong-abi",
+        file_stem: "libhub_plugin_wrong_abi",
+        name: "wrongabi",
+        roles: &["main"],
+        test_only: true,
+    },
 ];
+
+/// Where the test-only plugins of this profile are built.
+fn test_plugin_dir() -> PathBuf {
+    let profile_dir = profile_dir();
+    let target = profile_dir.parent().expect("profile dir is in target/");
+    let profile = profile_dir.file_name().expect("profile dir name");
+    target.join("test-plugins").join(profile)
+}
 
 /// The build output directory (`target/debug` or `target/release`) of this test run.
 fn profile_dir() -> PathBuf {
@@ -56,19 +82,32 @@ fn build() -> &'static PathBuf {
     BUILT.get_or_init(|| {
         let dir = profile_dir();
         if std::env::var("HUB_TEST_SKIP_BUILD").is_err() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut command = Command::new(cargo);
-            command.args(["build", "--quiet", "-p", "hub"]);
-            for (krate, ..) in PLUGINS {
-                command.args(["-p", krate]);
-            }
-            if dir.file_name().is_some_and(|n| n == "release") {
-                command.arg("--release");
-            }
+            let release = dir.file_name().is_some_and(|n| n == "release");
             let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-            command.arg("--manifest-path").arg(manifest);
-            let status = command.status().expect("running cargo build");
-            assert!(status.success(), "building the hub and plugins failed");
+            for test_only in [false, true] {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut command = Command::new(cargo);
+                command.args(["build", "--quiet"]);
+                if !test_only {
+                    command.args(["-p", "hub"]);
+                }
+                for plugin in PLUGINS.iter().filter(|p| p.test_only == test_only) {
+                    command.args(["-p", plugin.krate]);
+                }
+                if release {
+                    command.arg("--release");
+                }
+                if test_only {
+                    let target = test_plugin_dir()
+                        .parent()
+                        .expect("profile dir")
+                        .to_path_buf();
+                    command.arg("--target-dir").arg(target);
+                }
+                command.arg("--manifest-path").arg(&manifest);
+                let status = command.status().expect("running cargo build");
+                assert!(status.success(), "building the hub and plugins failed");
+            }
         }
         dir
     })
@@ -129,12 +168,17 @@ impl Hub {
         std::fs::create_dir_all(&plugins_dir).expect("plugins directory");
         let bin = build();
         for name in &options.plugins {
-            let (_, stem, ..) = PLUGINS
+            let plugin = PLUGINS
                 .iter()
-                .find(|(.., plugin, _)| plugin == name)
+                .find(|p| p.name == *name)
                 .unwrap_or_else(|| panic!("unknown test plugin {name}"));
-            let file = format!("{stem}.so");
-            std::fs::copy(bin.join(&file), plugins_dir.join(&file))
+            let file = format!("{}.so", plugin.file_stem);
+            let from = if plugin.test_only {
+                test_plugin_dir()
+            } else {
+                bin.clone()
+            };
+            std::fs::copy(from.join(&file), plugins_dir.join(&file))
                 .unwrap_or_else(|e| panic!("copying {file}: {e}"));
         }
         let mut hub = Hub {
@@ -167,12 +211,12 @@ impl Hub {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (.., name, roles) in PLUGINS {
-            for role in *roles {
+        for plugin in PLUGINS {
+            for role in plugin.roles {
                 command.env(
                     format!(
                         "HUB__PLUGINS__{}__LISTEN__{}",
-                        name.to_uppercase(),
+                        plugin.name.to_uppercase(),
                         role.to_uppercase()
                     ),
                     "127.0.0.1:0",
