@@ -37,7 +37,12 @@ struct Conn {
     rx: mpsc::UnboundedReceiver<SessionMsg>,
 }
 
-fn start_core(dir: &std::path::Path) -> Core {
+/// A core on `dir` with test settings (cheap hashing, short ring timeout, small
+/// pages), adjusted by `tweak`; also returns its metrics.
+fn start_core_with(
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut CoreSettings),
+) -> (Core, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::default());
     let store = SledStore::open(dir, Durability::Flush, metrics.clone()).unwrap();
     let mut settings = CoreSettings::default();
@@ -45,7 +50,15 @@ fn start_core(dir: &std::path::Path) -> Core {
     settings.ring_timeout = Duration::from_millis(300);
     settings.backlog_page = 100;
     settings.files_dir = dir.join("files");
-    Core::start(Arc::new(store), metrics, settings)
+    tweak(&mut settings);
+    (
+        Core::start(Arc::new(store), metrics.clone(), settings),
+        metrics,
+    )
+}
+
+fn start_core(dir: &std::path::Path) -> Core {
+    start_core_with(dir, |_| {}).0
 }
 
 fn conn(id: u64) -> Conn {
@@ -594,13 +607,7 @@ async fn calls_ring_accept_end_busy_and_miss() {
 #[actix_rt::test]
 async fn a_session_that_does_not_consume_is_dropped_at_the_byte_bound_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let store = SledStore::open(dir.path(), Durability::Flush, metrics.clone()).unwrap();
-    let mut settings = CoreSettings::default();
-    settings.accounts.pbkdf2_iterations = 1;
-    settings.session_queue_bytes = 64 * 1024;
-    settings.files_dir = dir.path().join("files");
-    let core = Core::start(Arc::new(store), metrics, settings);
+    let (core, _) = start_core_with(dir.path(), |s| s.session_queue_bytes = 64 * 1024);
     let (mut a, mut b) = (conn(1), conn(2));
     let alice = signup(&core, &mut a, "alice").await;
     let bob = signup(&core, &mut b, "bob").await;
@@ -663,13 +670,7 @@ async fn a_session_that_does_not_consume_is_dropped_at_the_byte_bound_and_loses_
 #[actix_rt::test]
 async fn idle_room_actors_are_retired_and_come_back_with_their_members() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let store = SledStore::open(dir.path(), Durability::Flush, metrics.clone()).unwrap();
-    let mut settings = CoreSettings::default();
-    settings.accounts.pbkdf2_iterations = 1;
-    settings.user_idle = Duration::from_millis(100);
-    settings.files_dir = dir.path().join("files");
-    let core = Core::start(Arc::new(store), metrics.clone(), settings);
+    let (core, metrics) = start_core_with(dir.path(), |s| s.user_idle = Duration::from_millis(100));
     let (mut a, mut b) = (conn(1), conn(2));
     let alice = signup(&core, &mut a, "alice").await;
     let bob = signup(&core, &mut b, "bob").await;

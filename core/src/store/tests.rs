@@ -2,23 +2,10 @@
 
 use super::*;
 use crate::metrics::Metrics;
+use hub_plugin_sdk::testing::Rng;
 use hub_plugin_sdk::{Content, EventBody, Origin, Target, UserRef};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// xorshift64*: deterministic, so a failure replays.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn event(id: u64, text: String) -> EventRecord {
     let user = UserRef {

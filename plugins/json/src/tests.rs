@@ -1,11 +1,10 @@
 //! The JSON session as a state machine: inputs in, outputs checked, no sockets.
 
 use super::*;
-use hub_plugin_sdk::testing::{session_info, Harness};
+use hub_plugin_sdk::testing::{commands, session_info, Harness, Rng};
 use hub_plugin_sdk::{
-    Answer, CallId, Command, Content, CoreError, CorrelationId, Delivery, EventBody, EventId,
-    EventRecord, HubEvent, Input, Op, Origin, Output, Seq, Target, Transmit, UserId, UserRef,
-    WsMessage,
+    Answer, CallId, Content, CoreError, CorrelationId, Delivery, EventBody, EventId, EventRecord,
+    HubEvent, Input, Op, Origin, Output, Seq, Target, Transmit, UserId, UserRef, WsMessage,
 };
 use serde_json::{json, Value};
 
@@ -28,16 +27,6 @@ fn sent(outputs: &[Output]) -> Vec<Value> {
             Output::Transmit(Transmit::Message(WsMessage::Text(t))) => {
                 Some(serde_json::from_str(t).unwrap())
             }
-            _ => None,
-        })
-        .collect()
-}
-
-fn commands(outputs: &[Output]) -> Vec<Command> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Command(c) => Some(c.clone()),
             _ => None,
         })
         .collect()
@@ -327,17 +316,6 @@ fn unsubscribed_connections_time_out() {
         .any(|o| matches!(o, Output::Close(c) if c.code == Some(1008))));
 }
 
-/// xorshift64*: deterministic, so a failure replays.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Arbitrary and mutated frames never panic the session, and every text frame that is
 /// not a known request is answered (the session never goes silent on garbage).
 #[test]
@@ -352,18 +330,21 @@ fn random_and_mutated_frames_never_panic() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut h = subscribed();
     for round in 0..20_000 {
-        let seed = seeds[(rng.next() % seeds.len() as u64) as usize].to_string();
+        let seed = seeds[(rng.next_u64() % seeds.len() as u64) as usize].to_string();
         let mut bytes = seed.into_bytes();
-        for _ in 0..(rng.next() % 6) {
-            let at = (rng.next() % bytes.len() as u64) as usize;
-            match rng.next() % 3 {
-                0 => bytes[at] = rng.next() as u8,
+        for _ in 0..(rng.next_u64() % 6) {
+            let at = (rng.next_u64() % bytes.len() as u64) as usize;
+            match rng.next_u64() % 3 {
+                0 => bytes[at] = rng.next_u64() as u8,
                 1 => {
                     bytes.remove(at);
                 }
                 _ => {
                     let alphabet = b"{}[]\":,\\0u";
-                    bytes.insert(at, alphabet[(rng.next() % alphabet.len() as u64) as usize]);
+                    bytes.insert(
+                        at,
+                        alphabet[(rng.next_u64() % alphabet.len() as u64) as usize],
+                    );
                 }
             }
             if bytes.is_empty() {
@@ -377,7 +358,7 @@ fn random_and_mutated_frames_never_panic() {
         let outs = h.input(input);
         // Answer every command with a random core outcome, as the hub would.
         for command in commands(&outs) {
-            let result = match rng.next() % 4 {
+            let result = match rng.next_u64() % 4 {
                 0 => session_answer(),
                 1 => Err(CoreError::NoSuchUser),
                 2 => Ok(Answer::Done),

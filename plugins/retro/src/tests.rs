@@ -4,7 +4,7 @@ use super::*;
 use crate::frame::{encode, Kind};
 use ed25519_dalek::pkcs8::EncodePublicKey;
 use ed25519_dalek::{Signer, SigningKey};
-use hub_plugin_sdk::testing::{session_info, Harness};
+use hub_plugin_sdk::testing::{commands, session_info, Harness};
 use hub_plugin_sdk::{
     Address, Answer, Command, Content, CoreError, CorrelationId, Delivery, EventBody, EventId,
     EventRecord, HubEvent, Input, Op, Origin, Output, PublicKey, Seq, Target, Transmit, UserId,
@@ -49,16 +49,6 @@ fn packets(outputs: &[Output]) -> Vec<(u16, u16, Vec<u8>)> {
         out.push((p.version, p.kind, p.payload));
     }
     out
-}
-
-fn commands(outputs: &[Output]) -> Vec<Command> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Command(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn answer(id: CorrelationId, result: Result<Answer, CoreError>) -> Input {

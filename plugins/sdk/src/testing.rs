@@ -2,6 +2,7 @@
 //! sleeps. It feeds inputs, drains outputs the way the hub does, and remembers the timer
 //! the session asked for so a test can advance time past it.
 
+use crate::command::Command;
 use crate::ids::ConnId;
 use crate::io::{Input, Now, Output, SessionInfo};
 use crate::manifest::Transport;
@@ -74,5 +75,34 @@ impl<S: Session> Harness<S> {
     /// The wrapped session.
     pub fn session(&mut self) -> &mut S {
         &mut self.session
+    }
+}
+
+/// The commands among `outputs`, in order.
+pub fn commands(outputs: &[Output]) -> Vec<Command> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Command(command) => Some(command.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// xorshift64*: a deterministic generator for randomized tests (a failure replays).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A value in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 }
