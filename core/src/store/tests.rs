@@ -26,7 +26,20 @@ fn event(id: u64, text: String) -> EventRecord {
 }
 
 fn open(dir: &std::path::Path) -> SledStore {
-    SledStore::open(dir, Durability::Flush, Arc::new(Metrics::default())).unwrap()
+    // A reopen in the same process can race sled's background threads still releasing
+    // the previous handle's file lock (seen under a loaded machine): retry briefly.
+    let mut tries = 0;
+    loop {
+        match SledStore::open(dir, Durability::Flush, Arc::new(Metrics::default())) {
+            Ok(store) => return store,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                eprintln!("reopen attempt {tries} failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    }
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {

@@ -21,6 +21,8 @@ pub struct WsConn {
     last_seen: Instant,
     /// The client sent a close frame (an orderly goodbye).
     client_closed: bool,
+    /// A close frame was sent: send no other.
+    closing: bool,
     fragments: Option<Fragments>,
 }
 
@@ -33,6 +35,7 @@ impl WsConn {
             max_frame,
             last_seen: Instant::now(),
             client_closed: false,
+            closing: false,
             fragments: None,
         }
     }
@@ -131,6 +134,9 @@ impl Connection for WsConn {
     }
 
     fn close(&mut self, ctx: &mut Self::Context, reason: CloseReason) {
+        if std::mem::replace(&mut self.closing, true) {
+            return;
+        }
         let code = reason
             .code
             .map_or(ws::CloseCode::Normal, ws::CloseCode::from);

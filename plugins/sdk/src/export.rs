@@ -54,7 +54,12 @@ unsafe fn guarded(out: *mut RBuf, body: impl FnOnce() -> Result<Vec<u8>, String>
     let (status, bytes) = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(bytes)) => (STATUS_OK, bytes),
         Ok(Err(text)) => (STATUS_ERROR, text.into_bytes()),
-        Err(payload) => (STATUS_PANIC, panic_text(payload.as_ref()).into_bytes()),
+        Err(payload) => {
+            let text = panic_text(payload.as_ref());
+            // A payload whose destructor panics must not unwind into the hub either.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            (STATUS_PANIC, text.into_bytes())
+        }
     };
     // SAFETY: the caller guarantees `out` is valid for writes.
     unsafe { out.write(into_rbuf(bytes)) };
