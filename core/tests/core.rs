@@ -86,6 +86,15 @@ async fn signup(core: &Core, conn: &mut Conn, handle: &str) -> UserRef {
     }
 }
 
+/// Binds `conn` to `user` for delivery (not exclusive).
+async fn bind(core: &Core, conn: &mut Conn, user: &UserRef) {
+    let op = Op::Bind {
+        user: user.id,
+        exclusive: false,
+    };
+    run(core, conn, op).await.unwrap();
+}
+
 /// Next event, answering page ends the way a connection actor does.
 async fn next_event(core: &Core, conn: &mut Conn) -> HubEvent {
     loop {
@@ -131,16 +140,11 @@ async fn stored_events_arrive_in_order_in_pages_and_only_until_acknowledged() {
         assert!(matches!(p.await, Ok(Answer::Accepted { .. })));
     }
 
-    let bound = run(
-        &core,
-        &mut b,
-        Op::Bind {
-            user: bob.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
+    let op = Op::Bind {
+        user: bob.id,
+        exclusive: false,
+    };
+    let bound = run(&core, &mut b, op).await.unwrap();
     assert_eq!(
         bound,
         Answer::Bound {
@@ -248,26 +252,8 @@ async fn contacts_presence_rooms_and_errors() {
         .await,
         Err(CoreError::NotBound)
     );
-    run(
-        &core,
-        &mut a,
-        Op::Bind {
-            user: alice.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
-    run(
-        &core,
-        &mut b,
-        Op::Bind {
-            user: bob.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
+    bind(&core, &mut a, &alice).await;
+    bind(&core, &mut b, &bob).await;
     assert_eq!(
         run(
             &core,
@@ -355,16 +341,7 @@ async fn contacts_presence_rooms_and_errors() {
 
     // Rooms: members get messages from others; non-members are refused.
     let mut b = conn(5);
-    run(
-        &core,
-        &mut b,
-        Op::Bind {
-            user: bob.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
+    bind(&core, &mut b, &bob).await;
     let _ = next_event(&core, &mut a).await; // bob online again
     let _ = next_event(&core, &mut b).await; // alice online (snapshot)
     assert_eq!(
@@ -447,26 +424,8 @@ async fn calls_ring_accept_end_busy_and_miss() {
     let alice = signup(&core, &mut a, "alice").await;
     let bob = signup(&core, &mut b, "bob").await;
     let carol = signup(&core, &mut c, "carol").await;
-    run(
-        &core,
-        &mut a,
-        Op::Bind {
-            user: alice.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
-    run(
-        &core,
-        &mut c,
-        Op::Bind {
-            user: carol.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
+    bind(&core, &mut a, &alice).await;
+    bind(&core, &mut c, &carol).await;
     // Bob is offline.
     assert_eq!(
         run(
@@ -480,16 +439,7 @@ async fn calls_ring_accept_end_busy_and_miss() {
         .await,
         Err(CoreError::Offline)
     );
-    run(
-        &core,
-        &mut b,
-        Op::Bind {
-            user: bob.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
+    bind(&core, &mut b, &bob).await;
     let call = match run(
         &core,
         &mut a,
@@ -614,16 +564,7 @@ async fn a_session_that_does_not_consume_is_dropped_at_the_byte_bound_and_loses_
     run(&core, &mut a, Op::Authenticate { user: alice.id })
         .await
         .unwrap();
-    run(
-        &core,
-        &mut b,
-        Op::Bind {
-            user: bob.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
+    bind(&core, &mut b, &bob).await;
     let big = "x".repeat(4000);
     for _ in 0..40 {
         let op = Op::Send {
@@ -648,16 +589,7 @@ async fn a_session_that_does_not_consume_is_dropped_at_the_byte_bound_and_loses_
     // Everything is still stored: a new session gets all 40.
     core.disconnect(&mut b.ctx);
     let mut b2 = conn(3);
-    run(
-        &core,
-        &mut b2,
-        Op::Bind {
-            user: bob.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
+    bind(&core, &mut b2, &bob).await;
     for _ in 0..40 {
         assert!(matches!(
             next_event(&core, &mut b2).await,
@@ -674,26 +606,8 @@ async fn idle_room_actors_are_retired_and_come_back_with_their_members() {
     let (mut a, mut b) = (conn(1), conn(2));
     let alice = signup(&core, &mut a, "alice").await;
     let bob = signup(&core, &mut b, "bob").await;
-    run(
-        &core,
-        &mut a,
-        Op::Bind {
-            user: alice.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
-    run(
-        &core,
-        &mut b,
-        Op::Bind {
-            user: bob.id,
-            exclusive: false,
-        },
-    )
-    .await
-    .unwrap();
+    bind(&core, &mut a, &alice).await;
+    bind(&core, &mut b, &bob).await;
     run(&core, &mut a, Op::JoinRoom { room: "r".into() })
         .await
         .unwrap();

@@ -16,6 +16,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Writes a plugin's `Output::Log` line at its level (call inside the connection's or
+/// request's span: `tracing` does not cross the plugin boundary).
+pub fn log_plugin_line(level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Trace => tracing::trace!("{message}"),
+        LogLevel::Debug => tracing::debug!("{message}"),
+        LogLevel::Info => tracing::info!("{message}"),
+        LogLevel::Warn => tracing::warn!("{message}"),
+        LogLevel::Error => tracing::error!("{message}"),
+    }
+}
+
 /// The IP part of an `ip:port` peer address.
 pub fn peer_ip(peer: &str) -> String {
     peer.parse::<std::net::SocketAddr>()
@@ -197,14 +209,7 @@ where
             }
             Output::Log { level, message } => {
                 let driver = act.driver();
-                let _enter = driver.span.enter();
-                match level {
-                    LogLevel::Trace => tracing::trace!("{message}"),
-                    LogLevel::Debug => tracing::debug!("{message}"),
-                    LogLevel::Info => tracing::info!("{message}"),
-                    LogLevel::Warn => tracing::warn!("{message}"),
-                    LogLevel::Error => tracing::error!("{message}"),
-                }
+                driver.span.in_scope(|| log_plugin_line(level, &message));
             }
             Output::Timeout(deadline) => {
                 if closing {

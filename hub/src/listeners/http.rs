@@ -6,9 +6,7 @@ use crate::loader::SessionFault;
 use crate::state::{Endpoint, HubState};
 use actix_web::HttpResponse;
 use hub_core::ConnContext;
-use hub_plugin_sdk::{
-    CorrelationId, HttpRequest, HubEvent, Input, LogLevel, Output, SessionInfo, Transmit,
-};
+use hub_plugin_sdk::{CorrelationId, HttpRequest, HubEvent, Input, Output, SessionInfo, Transmit};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -104,13 +102,9 @@ pub async fn serve(
                         span.in_scope(|| tracing::debug!(reason = %reason.reason, "plugin closed without a response"));
                         return plain(400, &reason.reason);
                     }
-                    Output::Log { level, message } => span.in_scope(|| match level {
-                        LogLevel::Trace => tracing::trace!("{message}"),
-                        LogLevel::Debug => tracing::debug!("{message}"),
-                        LogLevel::Info => tracing::info!("{message}"),
-                        LogLevel::Warn => tracing::warn!("{message}"),
-                        LogLevel::Error => tracing::error!("{message}"),
-                    }),
+                    Output::Log { level, message } => {
+                        span.in_scope(|| crate::driver::log_plugin_line(level, &message))
+                    }
                     Output::Timeout(deadline) => {
                         timer = deadline.map(|d| {
                             Instant::now() + Duration::from_millis(d.saturating_sub(now.mono_ms))
