@@ -42,6 +42,8 @@ pub struct ConnContext {
     pub addr: Option<SessionAddr>,
     /// Attached to its user's stream (after `Bind`).
     pub attached: bool,
+    /// Rooms this connection is present in (`EnterRoom`), left when it closes.
+    present: Vec<RoomRef>,
     upload: Option<Upload>,
     download: Option<Download>,
 }
@@ -56,6 +58,7 @@ impl ConnContext {
             identity: None,
             addr,
             attached: false,
+            present: Vec::new(),
             upload: None,
             download: None,
         }
@@ -98,6 +101,12 @@ const FILE_SWEEP: std::time::Duration = std::time::Duration::from_secs(600);
 /// Largest `Op::Status` query.
 const MAX_STATUS_QUERY: usize = 4096;
 
+/// Rooms one connection may be present in at once.
+const MAX_PRESENT_PER_CONN: usize = 64;
+
+/// Longest alias namespace or native identity, in bytes.
+const MAX_ALIAS_BYTES: usize = 512;
+
 fn regkey_bytes(regkey: &[u8]) -> Result<[u8; 32], CoreError> {
     regkey.try_into().map_err(|_| {
         CoreError::Invalid(format!(
@@ -105,6 +114,15 @@ fn regkey_bytes(regkey: &[u8]) -> Result<[u8; 32], CoreError> {
             regkey.len()
         ))
     })
+}
+
+fn valid_room_name(name: &str) -> Result<(), CoreError> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(CoreError::Invalid(
+            "room name must be 1-128 printable bytes".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn download_size(download: &Download) -> u64 {
@@ -391,6 +409,42 @@ impl Core {
             }
             Op::CallHangup { call } => {
                 self.call_op(ctx, call, |by, reply| CallMsg::Hangup { by, reply })
+            }
+            Op::Alias {
+                namespace,
+                native,
+                handles,
+            } => ready(self.alias(&namespace, &native, &handles, now)),
+            Op::EnterRoom {
+                room,
+                key_agreement,
+            } => self.enter_room(ctx, room, key_agreement),
+            Op::ExitRoom { room } => {
+                let Some(index) = ctx.present.iter().position(|r| r.name == room) else {
+                    return ready(Err(CoreError::NotMember));
+                };
+                let room = ctx.present.remove(index);
+                let (reply, rx) = oneshot::channel();
+                self.router.do_send(RouterMsg::ToRoom {
+                    room,
+                    msg: RoomMsg::Exit {
+                        conn: ctx.conn,
+                        reply: Some(reply),
+                    },
+                });
+                await_reply(rx)
+            }
+            Op::KeyReply { room, intermediate } => {
+                if let Some(room) = ctx.present.iter().find(|r| r.name == room) {
+                    self.router.do_send(RouterMsg::ToRoom {
+                        room: room.clone(),
+                        msg: RoomMsg::KeyReply {
+                            conn: ctx.conn,
+                            intermediate,
+                        },
+                    });
+                }
+                ready(Ok(Answer::Done))
             }
             Op::CheckRegkey { regkey } => ready(regkey_bytes(&regkey).and_then(|key| {
                 match self.shared.store.regkey_exists(key).map_err(internal)? {
@@ -697,10 +751,8 @@ impl Core {
             Ok(me) => me,
             Err(e) => return ready(Err(e)),
         };
-        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return ready(Err(CoreError::Invalid(
-                "room name must be 1-128 printable bytes".into(),
-            )));
+        if let Err(e) = valid_room_name(&name) {
+            return ready(Err(e));
         }
         let room = if join {
             match self.shared.store.ensure_room(&name) {
@@ -730,6 +782,109 @@ impl Core {
         };
         self.router.do_send(RouterMsg::ToRoom { room, msg });
         await_reply(rx)
+    }
+
+    fn alias(
+        &self,
+        namespace: &str,
+        native: &str,
+        handles: &[String],
+        now: u64,
+    ) -> Result<Answer, CoreError> {
+        let bounded = |text: &str| !text.is_empty() && text.len() <= MAX_ALIAS_BYTES;
+        if !bounded(namespace) || !bounded(native) || namespace.contains('\0') {
+            return Err(CoreError::Invalid(format!(
+                "an alias namespace and identity are 1-{MAX_ALIAS_BYTES} bytes"
+            )));
+        }
+        let store = self.shared.store.as_ref();
+        let account = match store.alias(namespace, native).map_err(internal)? {
+            Some(id) => store
+                .account(id)
+                .map_err(internal)?
+                .ok_or_else(|| CoreError::Internal(format!("alias of missing account {id}")))?,
+            None => {
+                let handles: Vec<String> = handles
+                    .iter()
+                    .filter(|h| accounts::validate_handle(h).is_ok())
+                    .cloned()
+                    .collect();
+                match store.create_alias_account(namespace, native, &handles, now) {
+                    Ok(account) => {
+                        tracing::info!(namespace, user = %account.id, handle = %account.handle, "account made for a protocol identity");
+                        account
+                    }
+                    Err(StoreError::HandleTaken) => return Err(CoreError::HandleTaken),
+                    Err(e) => return Err(internal(e)),
+                }
+            }
+        };
+        if account.disabled {
+            return Err(CoreError::Disabled);
+        }
+        Ok(Answer::User(UserRef {
+            id: account.id,
+            handle: account.handle,
+        }))
+    }
+
+    fn enter_room(
+        &self,
+        ctx: &mut ConnContext,
+        name: String,
+        key_agreement: Option<hub_plugin_sdk::KeyAgreement>,
+    ) -> Pending {
+        let me = match ctx.me() {
+            Ok(me) => me,
+            Err(e) => return ready(Err(e)),
+        };
+        let Some(addr) = ctx.addr.clone() else {
+            return ready(Err(CoreError::Invalid(
+                "this transport cannot be present in a room".into(),
+            )));
+        };
+        if let Err(e) = valid_room_name(&name) {
+            return ready(Err(e));
+        }
+        if ctx.present.len() >= MAX_PRESENT_PER_CONN && !ctx.present.iter().any(|r| r.name == name)
+        {
+            return ready(Err(CoreError::Invalid(format!(
+                "at most {MAX_PRESENT_PER_CONN} rooms per connection"
+            ))));
+        }
+        let room = match self.shared.store.ensure_room(&name) {
+            Ok(id) => RoomRef { id, name },
+            Err(e) => return ready(Err(internal(e))),
+        };
+        if !ctx.present.contains(&room) {
+            // Recorded before the answer so that a close meanwhile still exits the room.
+            ctx.present.push(room.clone());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.router.do_send(RouterMsg::ToRoom {
+            room,
+            msg: RoomMsg::Enter {
+                user: me,
+                origin: ctx.origin(),
+                addr,
+                key_agreement,
+                reply,
+            },
+        });
+        await_reply(rx)
+    }
+
+    /// The session handed `bytes` of a room's pushes to its transport.
+    pub fn room_consumed(&self, ctx: &ConnContext, room: &RoomRef, bytes: usize) {
+        if ctx.present.contains(room) {
+            self.router.do_send(RouterMsg::ToRoom {
+                room: room.clone(),
+                msg: RoomMsg::Consumed {
+                    conn: ctx.conn,
+                    bytes,
+                },
+            });
+        }
     }
 
     fn call_op(
@@ -810,5 +965,14 @@ impl Core {
             });
         }
         ctx.attached = false;
+        for room in ctx.present.drain(..) {
+            self.router.do_send(RouterMsg::ToRoom {
+                room,
+                msg: RoomMsg::Exit {
+                    conn: ctx.conn,
+                    reply: None,
+                },
+            });
+        }
     }
 }

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub room_actors: AtomicI64,
     /// Active calls.
     pub calls: AtomicI64,
+    /// Connections present in rooms (live room members such as cchat clients).
+    pub room_present: AtomicI64,
     /// Events stored but not yet durable (waiting for the group commit).
     pub pending_durable: AtomicI64,
     flushes: AtomicU64,
@@ -96,6 +98,11 @@ impl Metrics {
                 "hub_room_actors",
                 "Active room actors",
                 self.room_actors.load(Relaxed),
+            ),
+            (
+                "hub_room_present",
+                "Connections present in rooms",
+                self.room_present.load(Relaxed),
             ),
             (
                 "hub_calls",

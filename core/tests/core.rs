@@ -641,3 +641,149 @@ async fn idle_room_actors_are_retired_and_come_back_with_their_members() {
         }
     }
 }
+
+/// A connection acting as the user behind a protocol identity, present in `room`.
+async fn present(core: &Core, id: u64, native: &str, room: &str) -> (Conn, UserRef) {
+    let mut c = conn(id);
+    let op = Op::Alias {
+        namespace: "cchat".into(),
+        native: native.into(),
+        handles: vec![format!("cchat-{native}")],
+    };
+    let Answer::User(user) = run(core, &mut c, op).await.unwrap() else {
+        panic!("alias answers a user");
+    };
+    run(core, &mut c, Op::Authenticate { user: user.id })
+        .await
+        .unwrap();
+    let op = Op::EnterRoom {
+        room: room.into(),
+        key_agreement: Some(hub_plugin_sdk::KeyAgreement { base: vec![2] }),
+    };
+    assert!(matches!(run(core, &mut c, op).await, Ok(Answer::Room(_))));
+    (c, user)
+}
+
+async fn key_step(core: &Core, c: &mut Conn) -> hub_plugin_sdk::KeyStep {
+    match next_event(core, c).await {
+        HubEvent::KeyStep { step, .. } => step,
+        other => panic!("expected a key step, got {other:?}"),
+    }
+}
+
+async fn key_reply(core: &Core, c: &mut Conn, room: &str, intermediate: Vec<u8>) {
+    let op = Op::KeyReply {
+        room: room.into(),
+        intermediate,
+    };
+    run(core, c, op).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn present_connections_negotiate_a_key_and_see_one_room_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (core, _) = start_core_with(dir.path(), |s| s.key_timeout = Duration::from_millis(300));
+    let room = "aa";
+    let (mut a, _alice) = present(&core, 1, "a1", room).await;
+    let step = key_step(&core, &mut a).await;
+    assert_eq!(
+        (step.rounds_left, step.fresh, step.intermediate.clone()),
+        (0, true, vec![2])
+    );
+    key_reply(&core, &mut a, room, vec![]).await;
+
+    // A second member: the join scheme, with opaque intermediates relayed as given.
+    let (mut b, bob) = present(&core, 2, "b2", room).await;
+    let to_b = key_step(&core, &mut b).await;
+    let to_a = key_step(&core, &mut a).await;
+    assert_eq!((to_b.rounds_left, to_b.fresh), (1, true));
+    assert_eq!((to_a.rounds_left, to_a.fresh), (1, false));
+    key_reply(&core, &mut b, room, vec![0xb0]).await;
+    key_reply(&core, &mut a, room, vec![0xa0]).await;
+    assert_eq!(key_step(&core, &mut a).await.intermediate, vec![0xb0]);
+    assert_eq!(key_step(&core, &mut b).await.intermediate, vec![0xa0]);
+    key_reply(&core, &mut a, room, vec![]).await;
+    key_reply(&core, &mut b, room, vec![]).await;
+
+    // The same identity cannot be present twice.
+    let mut again = conn(3);
+    run(&core, &mut again, Op::Authenticate { user: bob.id })
+        .await
+        .unwrap();
+    let op = Op::EnterRoom {
+        room: room.into(),
+        key_agreement: None,
+    };
+    assert_eq!(
+        run(&core, &mut again, op).await,
+        Err(CoreError::AlreadyInRoom)
+    );
+
+    // A stored member of another protocol gets copies in its stream.
+    let mut c = conn(4);
+    let carol = signup(&core, &mut c, "carol").await;
+    bind(&core, &mut c, &carol).await;
+    let op = Op::JoinRoom { room: room.into() };
+    run(&core, &mut c, op).await.unwrap();
+
+    // Messages from both present members: both see both, in the same order, own included.
+    let send = |text: &str| Op::Send {
+        to: Address::Room(room.into()),
+        content: Content::Text(text.into()),
+    };
+    let (first, second) = (
+        core.execute(&mut a.ctx, send("from a")),
+        core.execute(&mut b.ctx, send("from b")),
+    );
+    assert!(first.await.is_ok() && second.await.is_ok());
+    let mut orders = Vec::new();
+    for member in [&mut a, &mut b] {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            match next_event(&core, member).await {
+                HubEvent::RoomDeliver(d) => seen.push((d.seq, d.event.id)),
+                other => panic!("expected a room message, got {other:?}"),
+            }
+        }
+        orders.push(seen);
+    }
+    assert_eq!(orders[0], orders[1], "one order for every present member");
+    assert_eq!(orders[0][0].0, Seq(1));
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        if let HubEvent::Deliver(d) = next_event(&core, &mut c).await {
+            if let EventBody::Message(Content::Text(t)) = d.event.body {
+                texts.push(t);
+            }
+        }
+    }
+    texts.sort();
+    assert_eq!(texts, vec!["from a", "from b"]);
+    let history = core.store().room_events_before(
+        core.store().room_by_name(room).unwrap().unwrap(),
+        Seq(u64::MAX),
+        10,
+    );
+    assert_eq!(history.unwrap().len(), 2, "the room's history is stored");
+
+    // b's connection closes: a alone gets the generator as a final step.
+    core.disconnect(&mut b.ctx);
+    let step = key_step(&core, &mut a).await;
+    assert_eq!(
+        (step.rounds_left, step.fresh, step.intermediate),
+        (0, true, vec![2])
+    );
+    key_reply(&core, &mut a, room, vec![]).await;
+
+    // A newcomer that never answers is removed after the key timeout; a renegotiates.
+    let (mut d, _) = present(&core, 5, "d5", room).await;
+    assert_eq!(key_step(&core, &mut d).await.rounds_left, 1);
+    assert_eq!(key_step(&core, &mut a).await.rounds_left, 1);
+    key_reply(&core, &mut a, room, vec![0xa1]).await;
+    match next_event(&core, &mut d).await {
+        HubEvent::RoomKicked { .. } => {}
+        other => panic!("expected a kick, got {other:?}"),
+    }
+    let step = key_step(&core, &mut a).await;
+    assert_eq!((step.rounds_left, step.intermediate), (0, vec![2]));
+}

@@ -23,6 +23,7 @@ struct Raw {
     accounts: RawAccounts,
     calls: RawCalls,
     core: RawCore,
+    rooms: RawRooms,
     tls: TlsConfig,
     #[serde(default)]
     plugins: BTreeMap<String, serde_json::Value>,
@@ -53,6 +54,12 @@ struct RawAccounts {
 #[derive(Debug, Deserialize)]
 struct RawCalls {
     ring_timeout_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRooms {
+    key_timeout_secs: u64,
+    max_present: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +200,8 @@ impl HubConfig {
             user_threads: raw.core.user_threads.clamp(1, 64),
             files_dir: raw.data_dir.join("files"),
             session_queue_bytes: raw.limits.session_queue_bytes,
+            key_timeout: Duration::from_secs(raw.rooms.key_timeout_secs.max(1)),
+            max_present: raw.rooms.max_present.max(1),
         };
         Ok(HubConfig {
             data_dir: raw.data_dir,

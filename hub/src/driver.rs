@@ -52,10 +52,15 @@ pub struct Driver {
     info: SessionInfo,
     /// Delivery bytes handed to the transport and not yet reported to the core.
     unreported: usize,
+    /// The same for the pushes of each room the session is present in.
+    room_unreported: Vec<(hub_plugin_sdk::RoomRef, usize)>,
 }
 
 /// Consumption is reported to the core in steps of this many bytes.
 const REPORT_STEP: usize = 64 * 1024;
+
+/// Rooms whose unreported consumption one connection tracks at most.
+const ROOMS_TRACKED: usize = 64;
 
 impl Driver {
     /// Opens a plugin session for a new connection.
@@ -91,6 +96,7 @@ impl Driver {
             closed_fed: false,
             reported_user: false,
             unreported: 0,
+            room_unreported: Vec::new(),
         })
     }
 
@@ -106,6 +112,28 @@ impl Driver {
             Some(addr.clone()),
         );
         self.conn.addr = Some(addr);
+    }
+
+    /// Counts `bytes` of a room's pushes as handed on; reports them in steps.
+    fn room_consumed(&mut self, room: &hub_plugin_sdk::RoomRef, bytes: usize) {
+        let index = match self.room_unreported.iter().position(|(r, _)| r == room) {
+            Some(index) => index,
+            None => {
+                // Bounded: the oldest room's count is reported and forgotten.
+                if self.room_unreported.len() >= ROOMS_TRACKED {
+                    let (old, bytes) = self.room_unreported.remove(0);
+                    self.hub.core.room_consumed(&self.conn, &old, bytes);
+                }
+                self.room_unreported.push((room.clone(), 0));
+                self.room_unreported.len() - 1
+            }
+        };
+        let entry = &mut self.room_unreported[index];
+        entry.1 += bytes;
+        if entry.1 >= REPORT_STEP {
+            self.hub.core.room_consumed(&self.conn, &entry.0, entry.1);
+            entry.1 = 0;
+        }
     }
 
     /// Counts one inbound frame.
@@ -268,13 +296,22 @@ where
 {
     match msg {
         SessionMsg::Event(event) => {
-            if let HubEvent::Deliver(delivery) = &event {
-                let driver = act.driver();
-                driver.unreported += hub_core::delivery_size(delivery);
-                if driver.unreported >= REPORT_STEP {
-                    driver.hub.core.consumed(&driver.conn, driver.unreported);
-                    driver.unreported = 0;
+            match &event {
+                HubEvent::Deliver(delivery) => {
+                    let driver = act.driver();
+                    driver.unreported += hub_core::delivery_size(delivery);
+                    if driver.unreported >= REPORT_STEP {
+                        driver.hub.core.consumed(&driver.conn, driver.unreported);
+                        driver.unreported = 0;
+                    }
                 }
+                HubEvent::RoomDeliver(delivery) => {
+                    if let hub_plugin_sdk::Target::Room(room) = &delivery.event.to {
+                        act.driver()
+                            .room_consumed(room, hub_core::delivery_size(delivery));
+                    }
+                }
+                _ => {}
             }
             feed(act, ctx, Input::Event(event))
         }

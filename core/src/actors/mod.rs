@@ -46,6 +46,11 @@ pub struct CoreSettings {
     /// Bytes of events queued to one session and not yet reported consumed before it is
     /// dropped as a slow reader.
     pub session_queue_bytes: usize,
+    /// How long a present member may leave a key step unanswered before it is removed
+    /// from the room.
+    pub key_timeout: Duration,
+    /// Connections present in one room at most.
+    pub max_present: usize,
 }
 
 impl Default for CoreSettings {
@@ -58,6 +63,8 @@ impl Default for CoreSettings {
             user_threads: 2,
             files_dir: std::path::PathBuf::from("data/files"),
             session_queue_bytes: 4 * 1024 * 1024,
+            key_timeout: Duration::from_secs(20),
+            max_present: 1024,
         }
     }
 }
@@ -170,6 +177,9 @@ pub fn delivery_size(delivery: &hub_plugin_sdk::Delivery) -> usize {
         EventBody::Message(Content::File(offer)) => {
             offer.name.len() + offer.file_id.len() + offer.sealed.as_ref().map_or(0, Vec::len)
         }
+        EventBody::Message(Content::Native {
+            bytes, fallback, ..
+        }) => bytes.len() + fallback.as_ref().map_or(0, String::len),
         EventBody::Call { notice, .. } => match notice {
             CallNotice::Ring { data }
             | CallNotice::Accepted { data }

@@ -200,6 +200,32 @@ pub trait Storage: Send + Sync + 'static {
     /// Adds or removes a member; true if that changed anything.
     fn set_member(&self, room: RoomId, user: UserId, member: bool) -> StoreResult<bool>;
 
+    /// The user a protocol identity maps to (see [`Storage::create_alias_account`]).
+    fn alias(&self, namespace: &str, native: &str) -> StoreResult<Option<UserId>>;
+    /// Atomically: creates a key-less, password-less account with a fresh id and the
+    /// first free handle of `handles`, and maps `(namespace, native)` to it. If the alias
+    /// already exists, returns its account and creates nothing. Fails with
+    /// [`StoreError::HandleTaken`] if every handle is taken.
+    fn create_alias_account(
+        &self,
+        namespace: &str,
+        native: &str,
+        handles: &[String],
+        now_unix_ms: u64,
+    ) -> StoreResult<Account>;
+
+    /// The last position used in a room's history (0 if empty).
+    fn room_last_seq(&self, room: RoomId) -> StoreResult<Seq>;
+    /// Stores `event` at `seq` in the room's history.
+    fn room_append(&self, room: RoomId, seq: Seq, event: &EventRecord) -> StoreResult<()>;
+    /// Up to `limit` events of a room's history before `before`, newest first.
+    fn room_events_before(
+        &self,
+        room: RoomId,
+        before: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>>;
+
     /// Stores a file's metadata.
     fn put_file_meta(&self, id: [u8; 16], meta: &FileMeta) -> StoreResult<()>;
     /// A file's metadata.

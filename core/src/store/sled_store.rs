@@ -31,6 +31,10 @@ pub struct SledStore {
     keys: sled::Tree,
     nonces: sled::Tree,
     files: sled::Tree,
+    /// `namespace 0x00 native` → user id.
+    aliases: sled::Tree,
+    /// `(room, seq)` → event: each room's history.
+    room_events: sled::Tree,
     /// Lock-free side of the group commit, used on the message path.
     commit: CommitHandle,
     /// The flusher thread, behind a Mutex only so that `close()` can stop it (never
@@ -96,6 +100,8 @@ impl SledStore {
             keys: db.open_tree("keys")?,
             nonces: db.open_tree("nonces")?,
             files: db.open_tree("files")?,
+            aliases: db.open_tree("aliases")?,
+            room_events: db.open_tree("room_events")?,
             commit,
             flusher: Mutex::new(Some(flusher)),
             data_file,
@@ -137,6 +143,15 @@ impl Drop for SledStore {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Key of an alias: the namespace, a zero byte, the native identity.
+fn alias_key(namespace: &str, native: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(namespace.len() + 1 + native.len());
+    key.extend_from_slice(namespace.as_bytes());
+    key.push(0);
+    key.extend_from_slice(native.as_bytes());
+    key
 }
 
 fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> StoreResult<T> {
@@ -501,6 +516,109 @@ impl Storage for SledStore {
             self.members.remove(key)?.is_some()
         };
         Ok(changed)
+    }
+
+    fn alias(&self, namespace: &str, native: &str) -> StoreResult<Option<UserId>> {
+        self.aliases
+            .get(alias_key(namespace, native))?
+            .map(|v| be_u64("aliases", &v, 0).map(UserId))
+            .transpose()
+    }
+
+    fn create_alias_account(
+        &self,
+        namespace: &str,
+        native: &str,
+        handles: &[String],
+        now_unix_ms: u64,
+    ) -> StoreResult<Account> {
+        let key = alias_key(namespace, native);
+        let id = loop {
+            let id = self.random_u64();
+            if id != 0 && !self.accounts.contains_key(id.to_be_bytes())? {
+                break id;
+            }
+        };
+        let id_key = id.to_be_bytes();
+        let result = (&self.aliases, &self.handles, &self.accounts).transaction(
+            |(aliases, handle_tree, accounts)| {
+                let abort = ConflictableTransactionError::Abort;
+                if let Some(existing) = aliases.get(&key)? {
+                    let existing = be_u64("aliases", &existing, 0).map_err(abort)?;
+                    let account = accounts
+                        .get(existing.to_be_bytes())?
+                        .ok_or(StoreError::Corrupt {
+                            tree: "aliases",
+                            detail: format!("alias of missing account {existing}"),
+                        })
+                        .and_then(|v| decode::<Account>("accounts", &v))
+                        .map_err(abort)?;
+                    return Ok(account);
+                }
+                if accounts.get(&id_key[..])?.is_some() {
+                    return Err(abort(StoreError::IdTaken));
+                }
+                let mut free = None;
+                for handle in handles {
+                    if handle_tree.get(handle.as_bytes())?.is_none() {
+                        free = Some(handle);
+                        break;
+                    }
+                }
+                let Some(handle) = free else {
+                    return Err(abort(StoreError::HandleTaken));
+                };
+                let account = Account {
+                    id: UserId(id),
+                    handle: handle.clone(),
+                    credential: String::new(),
+                    created_unix_ms: now_unix_ms,
+                    disabled: false,
+                };
+                handle_tree.insert(handle.as_bytes(), &id_key[..])?;
+                accounts.insert(&id_key[..], encode(&account))?;
+                aliases.insert(&key[..], &id_key[..])?;
+                Ok(account)
+            },
+        );
+        unwrap_tx(result)
+    }
+
+    fn room_last_seq(&self, room: RoomId) -> StoreResult<Seq> {
+        match self
+            .room_events
+            .scan_prefix(room.0.to_be_bytes())
+            .next_back()
+        {
+            Some(entry) => Ok(Seq(be_u64("room_events", &entry?.0, 8)?)),
+            None => Ok(Seq(0)),
+        }
+    }
+
+    fn room_append(&self, room: RoomId, seq: Seq, event: &EventRecord) -> StoreResult<()> {
+        self.room_events
+            .insert(pair_key(room.0, seq.0), encode(event))?;
+        Ok(())
+    }
+
+    fn room_events_before(
+        &self,
+        room: RoomId,
+        before: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.room_events
+            .range(pair_key(room.0, 0)..pair_key(room.0, before.0))
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok(Delivery {
+                    seq: Seq(be_u64("room_events", &key, 8)?),
+                    event: decode("room_events", &value)?,
+                })
+            })
+            .collect()
     }
 
     fn put_file_meta(&self, id: [u8; 16], meta: &FileMeta) -> StoreResult<()> {

@@ -200,3 +200,70 @@ fn contact_transitions_are_atomic_per_pair_and_rooms_keep_members() {
     assert!(store.set_member(room, a, false).unwrap());
     assert_eq!(store.room_members(room).unwrap(), vec![b]);
 }
+
+#[test]
+fn aliases_map_identities_once_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    store.create_account("taken", "$x", 1).unwrap();
+    let handles = vec!["taken".to_owned(), "cchat-abc".to_owned()];
+    assert_eq!(store.alias("cchat", "abc").unwrap(), None);
+    let made = store
+        .create_alias_account("cchat", "abc", &handles, 5)
+        .unwrap();
+    assert_eq!(made.handle, "cchat-abc", "the first free handle is used");
+    assert_eq!(made.credential, "", "alias accounts have no password");
+    let again = store
+        .create_alias_account("cchat", "abc", &["other".to_owned()], 6)
+        .unwrap();
+    assert_eq!(
+        again, made,
+        "an existing alias is returned, nothing created"
+    );
+    assert_eq!(store.account_by_handle("other").unwrap(), None);
+    // The same native identity in another namespace is another user.
+    assert!(matches!(
+        store.create_alias_account("xdr", "abc", &handles, 7),
+        Err(StoreError::HandleTaken)
+    ));
+    assert_eq!(
+        store.alias("xdr", "abc").unwrap(),
+        None,
+        "nothing half-made"
+    );
+    drop(store);
+    store = open(dir.path());
+    assert_eq!(store.alias("cchat", "abc").unwrap(), Some(made.id));
+    assert_eq!(store.account(made.id).unwrap(), Some(made));
+}
+
+#[test]
+fn room_history_pages_newest_first_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let (lobby, other) = (RoomId(1), RoomId(2));
+    assert_eq!(store.room_last_seq(lobby).unwrap(), Seq(0));
+    for n in 1..=5u64 {
+        store
+            .room_append(lobby, Seq(n), &event(n, format!("m{n}")))
+            .unwrap();
+    }
+    store
+        .room_append(other, Seq(1), &event(9, "elsewhere".into()))
+        .unwrap();
+    block_on(store.durable()).unwrap();
+    drop(store);
+    store = open(dir.path());
+    assert_eq!(store.room_last_seq(lobby).unwrap(), Seq(5));
+    assert_eq!(store.room_last_seq(other).unwrap(), Seq(1));
+    let page: Vec<u64> = store
+        .room_events_before(lobby, Seq(5), 2)
+        .unwrap()
+        .iter()
+        .map(|d| d.seq.0)
+        .collect();
+    assert_eq!(page, vec![4, 3]);
+    let all = store.room_events_before(lobby, Seq(u64::MAX), 100).unwrap();
+    assert_eq!(all.len(), 5, "other rooms' history does not leak in");
+    assert_eq!(all[0].event, event(5, "m5".into()));
+}

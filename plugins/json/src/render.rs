@@ -71,7 +71,12 @@ pub fn event_object(event: &EventRecord) -> Result<Value, String> {
 
 fn message_object(content: &Content, source: &str, dest: &str) -> Result<Value, String> {
     match content {
-        Content::Text(text) => Ok(json!({
+        // Another protocol's own message form shows as its readable text, if it has one.
+        Content::Text(text)
+        | Content::Native {
+            fallback: Some(text),
+            ..
+        } => Ok(json!({
             "type": "message",
             "source": source,
             "dest": dest,
@@ -91,6 +96,9 @@ fn message_object(content: &Content, source: &str, dest: &str) -> Result<Value, 
         }
         Content::Sealed { scheme, .. } => Err(format!(
             "sealed content of scheme {scheme} cannot be shown to JSON clients"
+        )),
+        Content::Native { scheme, .. } => Err(format!(
+            "{scheme} content without readable text cannot be shown to JSON clients"
         )),
         Content::File(offer) => Ok(json!({
             "type": "message",

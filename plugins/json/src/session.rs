@@ -614,6 +614,9 @@ impl JsonSession {
                 self.send(json!({"type": "error", "resp_code": RespCode::Overloaded as u8, "error": reason}));
                 self.close(1013, "dropped by the server");
             }
+            // JSON clients are room members, never merely present: rooms reach them
+            // through their stream.
+            HubEvent::RoomDeliver(_) | HubEvent::KeyStep { .. } | HubEvent::RoomKicked { .. } => {}
         }
     }
 

@@ -56,11 +56,12 @@ impl RespCode {
             CoreError::Offline => RespCode::Offline,
             CoreError::Busy => RespCode::Busy,
             CoreError::Invalid(_) => RespCode::Malformed,
-            CoreError::Internal(_) => RespCode::Internal,
+            CoreError::Internal(_) | CoreError::RoomFull => RespCode::Internal,
             // Not produced by the operations this plugin uses; mapped for completeness.
-            CoreError::BadRegkey | CoreError::Replay | CoreError::AlreadyConnected => {
-                RespCode::BadToken
-            }
+            CoreError::BadRegkey
+            | CoreError::Replay
+            | CoreError::AlreadyConnected
+            | CoreError::AlreadyInRoom => RespCode::BadToken,
         }
     }
 }

@@ -227,6 +227,71 @@ pub enum Op {
         /// The call.
         call: CallId,
     },
+    /// The user behind a protocol's native identity (a cchat client id, an XDR client
+    /// id, a P2P address), created on first use as a key-less, password-less account
+    /// with the first of `handles` that is free. Answer: [`Answer::User`];
+    /// [`CoreError::HandleTaken`] if the identity is new and every handle is taken.
+    Alias {
+        /// Which protocol's identities, e.g. `cchat`.
+        namespace: String,
+        /// The identity as that protocol writes it.
+        native: String,
+        /// Handles for a new account, tried in order.
+        handles: Vec<String>,
+    },
+    /// Be present in a room through this connection, as the acting user, until
+    /// [`Op::ExitRoom`] or the connection closes: the room's messages are pushed to this
+    /// session as [`HubEvent::RoomDeliver`] (the session's own included), and, with
+    /// `key_agreement`, the session takes part in the room's group key negotiation
+    /// ([`HubEvent::KeyStep`]). Presence is not membership: nothing is stored for the
+    /// user while it is away. Answer: [`Answer::Room`]; [`CoreError::AlreadyInRoom`] if
+    /// the user is present in the room on another connection, [`CoreError::RoomFull`].
+    EnterRoom {
+        /// Room name without `#` (created if it does not exist).
+        room: String,
+        /// Take part in the group key negotiation.
+        key_agreement: Option<KeyAgreement>,
+    },
+    /// Stop being present in a room (see [`Op::EnterRoom`]). Answer: [`Answer::Done`];
+    /// [`CoreError::NotMember`] if this connection is not present in it.
+    ExitRoom {
+        /// Room name without `#`.
+        room: String,
+    },
+    /// The client's answer to the oldest unanswered [`HubEvent::KeyStep`] of this room
+    /// (empty when that step had `rounds_left` 0). No answer.
+    KeyReply {
+        /// Room name without `#`.
+        room: String,
+        /// The computed intermediate.
+        intermediate: Vec<u8>,
+    },
+}
+
+/// How a session takes part in a room's group key negotiation.
+///
+/// The core orchestrates a group Diffie-Hellman exchange among the room's present
+/// members with key agreement: it relays opaque intermediates and never computes on
+/// them, so it never learns the key. Each member computes `intermediate^secret` for
+/// every [`KeyStep`] and answers it with [`Op::KeyReply`]; a step with `rounds_left` 0
+/// makes the result the member's new secret and group key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAgreement {
+    /// The group's generator as big-endian bytes (the first intermediate of every
+    /// negotiation), e.g. `[2]`.
+    pub base: Vec<u8>,
+}
+
+/// One step of a group key negotiation for one member (see [`KeyAgreement`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyStep {
+    /// 0: the result is the new group key. Otherwise the number of exponentiations
+    /// (this one included) before the value reaches its final recipients.
+    pub rounds_left: u32,
+    /// Draw a fresh secret before computing (members may ignore it and still agree).
+    pub fresh: bool,
+    /// The intermediate to raise to the member's secret, big-endian bytes.
+    pub intermediate: Vec<u8>,
 }
 
 /// A successful answer.
@@ -369,6 +434,10 @@ pub enum CoreError {
     AlreadyConnected,
     /// No such file (or it expired).
     NoSuchFile,
+    /// The user is already present in the room on another connection.
+    AlreadyInRoom,
+    /// The room has as many present members as the hub allows.
+    RoomFull,
 }
 
 impl std::fmt::Display for CoreError {
@@ -393,6 +462,8 @@ impl std::fmt::Display for CoreError {
             CoreError::Replay => f.write_str("nonce already used"),
             CoreError::AlreadyConnected => f.write_str("already logged in"),
             CoreError::NoSuchFile => f.write_str("unknown file"),
+            CoreError::AlreadyInRoom => f.write_str("already present in the room"),
+            CoreError::RoomFull => f.write_str("room full"),
         }
     }
 }
@@ -424,6 +495,26 @@ pub enum HubEvent {
     /// The core dropped this session from delivery (e.g. a slow reader): close it.
     Kicked {
         /// Why, for logs and the goodbye.
+        reason: String,
+    },
+    /// The next message of a room this session is present in ([`Op::EnterRoom`]), in
+    /// the room's order; `seq` is its position in the room's history. Live only: not
+    /// acknowledged, not delivered again.
+    RoomDeliver(Delivery),
+    /// A step of the group key negotiation of a room this session is present in with
+    /// key agreement. Answer each with [`Op::KeyReply`], in order.
+    KeyStep {
+        /// The room.
+        room: RoomRef,
+        /// The step.
+        step: KeyStep,
+    },
+    /// The session is no longer present in the room (it stalled the key negotiation, or
+    /// read the room's messages too slowly).
+    RoomKicked {
+        /// The room.
+        room: RoomRef,
+        /// Why, for logs and the client.
         reason: String,
     },
 }

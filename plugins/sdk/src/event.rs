@@ -61,6 +61,17 @@ pub enum Content {
     },
     /// A file offer.
     File(FileOffer),
+    /// A message in its sender protocol's own form, kept whole for clients of that
+    /// protocol (`scheme`, e.g. `cchat/message`), with the plain text the sending plugin
+    /// could read out of it for everyone else (`None`: nothing readable, e.g. ciphertext).
+    Native {
+        /// Format name, `<plugin>/<format>`.
+        scheme: String,
+        /// The message as the sending plugin received it.
+        bytes: Vec<u8>,
+        /// Readable text for clients of other protocols.
+        fallback: Option<String>,
+    },
 }
 
 /// A file that a recipient can fetch.

@@ -92,8 +92,8 @@ mod plugin;
 pub mod testing;
 
 pub use command::{
-    Answer, Command, ContactEntry, ContactState, CoreError, HubEvent, Op, PasswordScheme,
-    PublicKey, UserStatus,
+    Answer, Command, ContactEntry, ContactState, CoreError, HubEvent, KeyAgreement, KeyStep, Op,
+    PasswordScheme, PublicKey, UserStatus,
 };
 pub use event::{
     Address, CallNotice, ContactNotice, Content, Delivery, EventBody, EventRecord, FileOffer,
