@@ -37,6 +37,13 @@ const PLUGINS: &[TestPlugin] = &[
         test_only: false,
     },
     TestPlugin {
+        krate: "hub-plugin-cchat",
+        file_stem: "libhub_plugin_cchat",
+        name: "cchat",
+        roles: &["main"],
+        test_only: false,
+    },
+    TestPlugin {
         krate: "hub-plugin-testkit",
         file_stem: "libhub_plugin_testkit",
         name: "testkit",
