@@ -2,6 +2,7 @@
 //! `docs/protocols/*.md` (never from the plugins' code), and a harness that starts the
 //! real `hub` binary for end-to-end tests.
 
+pub mod cchat_client;
 pub mod harness;
 pub mod json_client;
 pub mod json_crypto;

@@ -5,11 +5,14 @@
 //! ```text
 //! cargo run --release -p hub-bench -- json-pairs [--pairs 100] [--messages 200] [--window 32] [--durability flush|interval]
 //! cargo run --release -p hub-bench -- retro-pairs [--pairs 100] [--rounds 20] [--messages 100]
+//! cargo run --release -p hub-bench -- cchat-keys [--members 8] [--rounds 10]
+//! cargo run --release -p hub-bench -- cchat-fanout [--members 50] [--messages 2000] [--window 64]
 //! cargo run --release -p hub-bench -- smoke      # a few seconds, for CI
 //! ```
 
 #![forbid(unsafe_code)]
 
+mod cchat;
 mod json_pairs;
 mod report;
 mod retro_pairs;
@@ -18,7 +21,7 @@ use std::collections::HashMap;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hub-bench <json-pairs|retro-pairs|smoke> [--pairs N] [--messages N] [--window N] [--rounds N] [--durability flush|interval]"
+        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|smoke> [--pairs N] [--members N] [--messages N] [--window N] [--rounds N] [--durability flush|interval]"
     );
     std::process::exit(2);
 }
@@ -69,6 +72,12 @@ fn main() {
             report::print_and_save("retro-rtt", &[rtt]);
             vec![throughput]
         }
+        "cchat-keys" => vec![cchat::keys(number("members", 8), number("rounds", 10))],
+        "cchat-fanout" => vec![cchat::fanout(
+            number("members", 50),
+            number("messages", 2000),
+            number("window", 64),
+        )],
         "smoke" => vec![json_pairs::run(json_pairs::Params {
             pairs: 10,
             messages: 50,
