@@ -107,6 +107,24 @@ const MAX_PRESENT_PER_CONN: usize = 64;
 /// Longest alias namespace or native identity, in bytes.
 const MAX_ALIAS_BYTES: usize = 512;
 
+/// Longest key of a plugin's own key space.
+const MAX_PLUGIN_KEY: usize = 1024;
+
+/// Largest value a plugin may store under one key.
+const MAX_PLUGIN_VALUE: usize = 64 * 1024;
+
+/// Largest page of history or of a plugin's key space.
+const MAX_PAGE: usize = 1000;
+
+fn check_plugin_key(key: &[u8]) -> Result<(), CoreError> {
+    if key.len() > MAX_PLUGIN_KEY {
+        return Err(CoreError::Invalid(format!(
+            "a stored key is at most {MAX_PLUGIN_KEY} bytes"
+        )));
+    }
+    Ok(())
+}
+
 fn regkey_bytes(regkey: &[u8]) -> Result<[u8; 32], CoreError> {
     regkey.try_into().map_err(|_| {
         CoreError::Invalid(format!(
@@ -242,6 +260,18 @@ impl Core {
 
     /// Appends one event to one user's stream; the future resolves once it is durable.
     fn append_to(&self, ctx: &ConnContext, to: UserRef, from: UserRef, body: EventBody) -> Pending {
+        self.append(ctx, to, from, body, Some(ctx.conn))
+    }
+
+    /// [`Core::append_to`] with the connection the event is not pushed to (`None`: all).
+    fn append(
+        &self,
+        ctx: &ConnContext,
+        to: UserRef,
+        from: UserRef,
+        body: EventBody,
+        skip_conn: Option<ConnId>,
+    ) -> Pending {
         let event = match make_event(
             &self.shared,
             ctx.origin(),
@@ -259,7 +289,7 @@ impl Core {
             user: to,
             msg: UserMsg::Append {
                 event,
-                skip_conn: Some(ctx.conn),
+                skip_conn,
                 reply: Some(tx),
             },
         });
@@ -292,7 +322,11 @@ impl Core {
                 now,
             )),
             Op::Authenticate { user } => ready(self.authenticate(ctx, user).map(Answer::User)),
-            Op::Bind { user, exclusive } => {
+            Op::Bind {
+                user,
+                exclusive,
+                resume_after,
+            } => {
                 let user = match self.authenticate(ctx, user) {
                     Ok(user) => user,
                     Err(e) => return ready(Err(e)),
@@ -312,6 +346,7 @@ impl Core {
                     msg: UserMsg::Attach {
                         conn: ctx.conn,
                         exclusive,
+                        resume_after,
                         addr,
                         reply: tx,
                     },
@@ -419,6 +454,126 @@ impl Core {
                 room,
                 key_agreement,
             } => self.enter_room(ctx, room, key_agreement),
+            Op::FindAlias { namespace, native } => ready((|| {
+                let store = self.shared.store.as_ref();
+                let id = store
+                    .alias(&namespace, &native)
+                    .map_err(internal)?
+                    .ok_or(CoreError::NoSuchUser)?;
+                self.resolve_user(&Address::User(id)).map(Answer::User)
+            })()),
+            Op::Load { key } => ready(
+                check_plugin_key(&key)
+                    .and_then(|()| {
+                        self.shared
+                            .store
+                            .plugin_value(&ctx.plugin, &key)
+                            .map_err(internal)
+                    })
+                    .map(Answer::Value),
+            ),
+            Op::Store { key, value } => {
+                if let Err(e) = check_plugin_key(&key) {
+                    return ready(Err(e));
+                }
+                if value.as_ref().is_some_and(|v| v.len() > MAX_PLUGIN_VALUE) {
+                    return ready(Err(CoreError::Invalid(format!(
+                        "a stored value is at most {MAX_PLUGIN_VALUE} bytes"
+                    ))));
+                }
+                let store = self.shared.store.clone();
+                if let Err(e) = store.put_plugin_value(&ctx.plugin, &key, value.as_deref()) {
+                    return ready(Err(internal(e)));
+                }
+                Box::pin(async move {
+                    store
+                        .durable()
+                        .await
+                        .map(|()| Answer::Done)
+                        .map_err(CoreError::Internal)
+                })
+            }
+            Op::Scan {
+                prefix,
+                after,
+                limit,
+            } => ready(
+                self.shared
+                    .store
+                    .plugin_values(
+                        &ctx.plugin,
+                        &prefix,
+                        after.as_deref(),
+                        limit.min(MAX_PAGE as u32) as usize,
+                    )
+                    .map(Answer::Entries)
+                    .map_err(internal),
+            ),
+            Op::Notify { content } => match ctx.me() {
+                Ok(me) => self.append(ctx, me.clone(), me, EventBody::Message(content), None),
+                Err(e) => ready(Err(e)),
+            },
+            Op::History { before, limit } => {
+                let me = match ctx.me() {
+                    Ok(me) => me,
+                    Err(e) => return ready(Err(e)),
+                };
+                let (reply, rx) = oneshot::channel();
+                self.router.do_send(RouterMsg::ToUser {
+                    user: me,
+                    msg: UserMsg::History {
+                        before,
+                        limit: (limit as usize).min(MAX_PAGE),
+                        reply,
+                    },
+                });
+                Box::pin(async move {
+                    rx.await
+                        .unwrap_or_else(|_| {
+                            Err(CoreError::Internal("the core is shutting down".into()))
+                        })
+                        .map(Answer::History)
+                })
+            }
+            Op::RoomHistory {
+                room,
+                before,
+                limit,
+            } => {
+                let (me, room) = match ctx.me().and_then(|me| Ok((me, self.resolve_room(&room)?))) {
+                    Ok(pair) => pair,
+                    Err(e) => return ready(Err(e)),
+                };
+                let (reply, rx) = oneshot::channel();
+                self.router.do_send(RouterMsg::ToRoom {
+                    room,
+                    msg: RoomMsg::History {
+                        user: me.id,
+                        before,
+                        limit: (limit as usize).min(MAX_PAGE),
+                        reply,
+                    },
+                });
+                Box::pin(async move {
+                    rx.await
+                        .unwrap_or_else(|_| {
+                            Err(CoreError::Internal("the core is shutting down".into()))
+                        })
+                        .map(Answer::History)
+                })
+            }
+            Op::RoomMembers { room } => {
+                let room = match self.resolve_room(&room) {
+                    Ok(room) => room,
+                    Err(e) => return ready(Err(e)),
+                };
+                let (reply, rx) = oneshot::channel();
+                self.router.do_send(RouterMsg::ToRoom {
+                    room,
+                    msg: RoomMsg::Members { reply },
+                });
+                await_reply(rx)
+            }
             Op::ExitRoom { room } => {
                 let Some(index) = ctx.present.iter().position(|r| r.name == room) else {
                     return ready(Err(CoreError::NotMember));

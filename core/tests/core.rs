@@ -91,6 +91,7 @@ async fn bind(core: &Core, conn: &mut Conn, user: &UserRef) {
     let op = Op::Bind {
         user: user.id,
         exclusive: false,
+        resume_after: None,
     };
     run(core, conn, op).await.unwrap();
 }
@@ -143,6 +144,7 @@ async fn stored_events_arrive_in_order_in_pages_and_only_until_acknowledged() {
     let op = Op::Bind {
         user: bob.id,
         exclusive: false,
+        resume_after: None,
     };
     let bound = run(&core, &mut b, op).await.unwrap();
     assert_eq!(
@@ -190,7 +192,8 @@ async fn stored_events_arrive_in_order_in_pages_and_only_until_acknowledged() {
             &mut b2,
             Op::Bind {
                 user: bob.id,
-                exclusive: false
+                exclusive: false,
+                resume_after: None
             }
         )
         .await
@@ -220,7 +223,8 @@ async fn stored_events_arrive_in_order_in_pages_and_only_until_acknowledged() {
             &mut b3,
             Op::Bind {
                 user: bob.id,
-                exclusive: false
+                exclusive: false,
+                resume_after: None
             }
         )
         .await
@@ -260,7 +264,8 @@ async fn contacts_presence_rooms_and_errors() {
             &mut a,
             Op::Bind {
                 user: bob.id,
-                exclusive: false
+                exclusive: false,
+                resume_after: None
             }
         )
         .await,
@@ -786,4 +791,141 @@ async fn present_connections_negotiate_a_key_and_see_one_room_order() {
     }
     let step = key_step(&core, &mut a).await;
     assert_eq!((step.rounds_left, step.intermediate), (0, vec![2]));
+}
+
+#[actix_rt::test]
+async fn resume_positions_notices_history_pages_and_plugin_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(dir.path());
+    let mut a = conn(1);
+    let alice = signup(&core, &mut a, "alice").await;
+    let mut b = conn(2);
+    let bob = signup(&core, &mut b, "bob").await;
+    run(&core, &mut a, Op::Authenticate { user: alice.id })
+        .await
+        .unwrap();
+    for n in 1..=25 {
+        let op = Op::Send {
+            to: Address::Handle("bob".into()),
+            content: Content::Text(format!("m{n}")),
+        };
+        run(&core, &mut a, op).await.unwrap();
+    }
+    // Bob resumes after position 20: exactly 21..=25 arrive, and 20 is proven received.
+    let op = Op::Bind {
+        user: bob.id,
+        exclusive: true,
+        resume_after: Some(Seq(20)),
+    };
+    let Answer::Bound { cursor, .. } = run(&core, &mut b, op).await.unwrap() else {
+        panic!("bound");
+    };
+    assert_eq!(cursor, Seq(20));
+    for want in 21..=25 {
+        match next_event(&core, &mut b).await {
+            HubEvent::Deliver(d) => assert_eq!(d.seq, Seq(want)),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    assert_eq!(core.store().cursor(bob.id).unwrap(), Seq(20));
+
+    // A notice to oneself reaches this very connection, in stream order.
+    let op = Op::Notify {
+        content: Content::Text("refused".into()),
+    };
+    assert!(matches!(
+        run(&core, &mut b, op).await,
+        Ok(Answer::Accepted { .. })
+    ));
+    match next_event(&core, &mut b).await {
+        HubEvent::Deliver(d) => {
+            assert_eq!(d.seq, Seq(26));
+            assert_eq!(d.event.from.id, bob.id);
+        }
+        other => panic!("expected the notice, got {other:?}"),
+    }
+
+    // History pages back from the newest.
+    let page = |before: u64| Op::History {
+        before: Seq(before),
+        limit: 10,
+    };
+    let Answer::History(first) = run(&core, &mut b, page(u64::MAX)).await.unwrap() else {
+        panic!("a page");
+    };
+    let seqs: Vec<u64> = first.iter().map(|d| d.seq.0).collect();
+    assert_eq!(seqs, (17..=26).rev().collect::<Vec<_>>());
+    let Answer::History(last) = run(&core, &mut b, page(7)).await.unwrap() else {
+        panic!("a page");
+    };
+    assert_eq!(last.len(), 6);
+
+    // Room history and membership: only for members.
+    run(&core, &mut a, Op::JoinRoom { room: "r".into() })
+        .await
+        .unwrap();
+    let say = Op::Send {
+        to: Address::Room("r".into()),
+        content: Content::Text("hello room".into()),
+    };
+    run(&core, &mut a, say).await.unwrap();
+    let history = |room: &str| Op::RoomHistory {
+        room: room.into(),
+        before: Seq(u64::MAX),
+        limit: 5,
+    };
+    let Answer::History(room) = run(&core, &mut a, history("r")).await.unwrap() else {
+        panic!("room history");
+    };
+    assert_eq!(room.len(), 1);
+    assert_eq!(
+        run(&core, &mut b, history("r")).await,
+        Err(CoreError::NotMember)
+    );
+    assert_eq!(
+        run(&core, &mut b, history("nowhere")).await,
+        Err(CoreError::NoSuchRoom)
+    );
+    let members = run(&core, &mut b, Op::RoomMembers { room: "r".into() }).await;
+    let Ok(Answer::Members { members, present }) = members else {
+        panic!("members");
+    };
+    assert_eq!(members, vec![alice.clone()]);
+    assert!(present.is_empty());
+
+    // Plugin values: durable, per plugin (both connections are plugin "test").
+    let store = Op::Store {
+        key: b"seq/1".to_vec(),
+        value: Some(vec![7]),
+    };
+    run(&core, &mut a, store).await.unwrap();
+    let load = Op::Load {
+        key: b"seq/1".to_vec(),
+    };
+    assert_eq!(
+        run(&core, &mut b, load).await,
+        Ok(Answer::Value(Some(vec![7])))
+    );
+    let too_big = Op::Store {
+        key: vec![0; 2000],
+        value: None,
+    };
+    assert!(matches!(
+        run(&core, &mut a, too_big).await,
+        Err(CoreError::Invalid(_))
+    ));
+    let scan = Op::Scan {
+        prefix: b"seq/".to_vec(),
+        after: None,
+        limit: 10,
+    };
+    assert_eq!(
+        run(&core, &mut a, scan).await,
+        Ok(Answer::Entries(vec![(b"seq/1".to_vec(), vec![7])]))
+    );
+    let find = Op::FindAlias {
+        namespace: "xdr".into(),
+        native: "nobody".into(),
+    };
+    assert_eq!(run(&core, &mut a, find).await, Err(CoreError::NoSuchUser));
 }

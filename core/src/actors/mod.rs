@@ -118,6 +118,8 @@ pub enum UserMsg {
         conn: ConnId,
         /// Refuse if another session is attached.
         exclusive: bool,
+        /// Start after this position (proof of receipt up to it) instead of the cursor.
+        resume_after: Option<Seq>,
         /// Its address.
         addr: SessionAddr,
         /// Answered with the delivery cursor.
@@ -144,6 +146,15 @@ pub enum UserMsg {
     Ack {
         /// Last received position.
         through: Seq,
+    },
+    /// A page of the stream before `before`, newest first, only what is durable.
+    History {
+        /// Exclusive upper bound.
+        before: Seq,
+        /// Page size.
+        limit: usize,
+        /// Answered with the page.
+        reply: oneshot::Sender<Result<Vec<hub_plugin_sdk::Delivery>, CoreError>>,
     },
     /// A contact's presence changed.
     Presence {

@@ -188,6 +188,9 @@ fn fail_user_msg(msg: UserMsg, why: &str) {
         UserMsg::Attach { reply, .. } => {
             let _ = reply.send(Err(CoreError::Internal(why.into())));
         }
+        UserMsg::History { reply, .. } => {
+            let _ = reply.send(Err(CoreError::Internal(why.into())));
+        }
         _ => {}
     }
 }

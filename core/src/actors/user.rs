@@ -312,6 +312,7 @@ impl Handler<ToUserActor> for UserActor {
             UserMsg::Attach {
                 conn,
                 exclusive,
+                resume_after,
                 addr,
                 reply,
             } => {
@@ -319,13 +320,25 @@ impl Handler<ToUserActor> for UserActor {
                     let _ = reply.send(Err(CoreError::AlreadyConnected));
                     return;
                 }
-                let cursor = match self.shared.store.cursor(self.user.id) {
+                let mut cursor = match self.shared.store.cursor(self.user.id) {
                     Ok(cursor) => cursor,
                     Err(e) => {
                         let _ = reply.send(Err(CoreError::Internal(e.to_string())));
                         return;
                     }
                 };
+                if let Some(position) = resume_after {
+                    // The client's own position is its proof of receipt: the cursor moves
+                    // up to it (never past what is durable), and delivery starts there.
+                    let position = position.min(self.durable_through);
+                    if position > cursor {
+                        if let Err(e) = self.shared.store.advance_cursor(self.user.id, position) {
+                            let _ = reply.send(Err(CoreError::Internal(e.to_string())));
+                            return;
+                        }
+                    }
+                    cursor = position;
+                }
                 let first = self.sessions.is_empty();
                 self.sessions.retain(|s| s.conn != conn);
                 self.sessions.push(SessionSlot {
@@ -381,6 +394,19 @@ impl Handler<ToUserActor> for UserActor {
                 if let Err(e) = self.shared.store.advance_cursor(self.user.id, through) {
                     tracing::error!(user = %self.user.id, error = %e, "moving the cursor failed");
                 }
+            }
+            UserMsg::History {
+                before,
+                limit,
+                reply,
+            } => {
+                let before = before.min(Seq(self.durable_through.0.saturating_add(1)));
+                let page = self
+                    .shared
+                    .store
+                    .events_before(self.user.id, before, limit)
+                    .map_err(|e| CoreError::Internal(e.to_string()));
+                let _ = reply.send(page);
             }
             UserMsg::Presence { contact, online } => {
                 let mut slow = Vec::new();

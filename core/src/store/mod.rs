@@ -143,6 +143,8 @@ pub trait Storage: Send + Sync + 'static {
         keys: &[(String, Vec<u8>)],
         now_unix_ms: u64,
     ) -> StoreResult<Account>;
+    /// Stores (or replaces) one public key of an existing user.
+    fn put_public_key(&self, id: UserId, kind: &str, bytes: &[u8]) -> StoreResult<()>;
     /// A user's public keys: (kind, bytes), by kind.
     fn public_keys(&self, id: UserId) -> StoreResult<Vec<(String, Vec<u8>)>>;
     /// Records a login nonce; false if it was recorded before. Nonces older than
@@ -213,6 +215,20 @@ pub trait Storage: Send + Sync + 'static {
         handles: &[String],
         now_unix_ms: u64,
     ) -> StoreResult<Account>;
+
+    /// A value in `plugin`'s own key space.
+    fn plugin_value(&self, plugin: &str, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
+    /// Stores (`Some`) or removes (`None`) a value in `plugin`'s own key space.
+    fn put_plugin_value(&self, plugin: &str, key: &[u8], value: Option<&[u8]>) -> StoreResult<()>;
+    /// Up to `limit` entries of `plugin`'s key space starting with `prefix`, after
+    /// `after` (exclusive), in key order.
+    fn plugin_values(
+        &self,
+        plugin: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
 
     /// The last position used in a room's history (0 if empty).
     fn room_last_seq(&self, room: RoomId) -> StoreResult<Seq>;

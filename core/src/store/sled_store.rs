@@ -35,6 +35,8 @@ pub struct SledStore {
     aliases: sled::Tree,
     /// `(room, seq)` → event: each room's history.
     room_events: sled::Tree,
+    /// `plugin 0x00 key` → value: plugins' own durable state.
+    plugin_kv: sled::Tree,
     /// Lock-free side of the group commit, used on the message path.
     commit: CommitHandle,
     /// The flusher thread, behind a Mutex only so that `close()` can stop it (never
@@ -102,6 +104,7 @@ impl SledStore {
             files: db.open_tree("files")?,
             aliases: db.open_tree("aliases")?,
             room_events: db.open_tree("room_events")?,
+            plugin_kv: db.open_tree("plugin_kv")?,
             commit,
             flusher: Mutex::new(Some(flusher)),
             data_file,
@@ -145,12 +148,14 @@ impl Drop for SledStore {
     }
 }
 
-/// Key of an alias: the namespace, a zero byte, the native identity.
-fn alias_key(namespace: &str, native: &str) -> Vec<u8> {
+/// Key in a namespaced tree (aliases, plugin values): the namespace, a zero byte, the
+/// key within it.
+fn alias_key(namespace: &str, native: impl AsRef<[u8]>) -> Vec<u8> {
+    let native = native.as_ref();
     let mut key = Vec::with_capacity(namespace.len() + 1 + native.len());
     key.extend_from_slice(namespace.as_bytes());
     key.push(0);
-    key.extend_from_slice(native.as_bytes());
+    key.extend_from_slice(native);
     key
 }
 
@@ -299,6 +304,13 @@ impl Storage for SledStore {
         );
         unwrap_tx(result)?;
         Ok(account)
+    }
+
+    fn put_public_key(&self, id: UserId, kind: &str, bytes: &[u8]) -> StoreResult<()> {
+        let mut key = id.0.to_be_bytes().to_vec();
+        key.extend_from_slice(kind.as_bytes());
+        self.keys.insert(key, bytes)?;
+        Ok(())
     }
 
     fn public_keys(&self, id: UserId) -> StoreResult<Vec<(String, Vec<u8>)>> {
@@ -582,6 +594,47 @@ impl Storage for SledStore {
             },
         );
         unwrap_tx(result)
+    }
+
+    fn plugin_value(&self, plugin: &str, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self
+            .plugin_kv
+            .get(alias_key(plugin, key))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put_plugin_value(&self, plugin: &str, key: &[u8], value: Option<&[u8]>) -> StoreResult<()> {
+        let key = alias_key(plugin, key);
+        match value {
+            Some(value) => self.plugin_kv.insert(key, value)?,
+            None => self.plugin_kv.remove(key)?,
+        };
+        Ok(())
+    }
+
+    fn plugin_values(
+        &self,
+        plugin: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        let space = alias_key(plugin, b"").len();
+        let start = alias_key(plugin, prefix);
+        let from = match after {
+            Some(after) => Bound::Excluded(alias_key(plugin, after)),
+            None => Bound::Included(start.clone()),
+        };
+        let mut entries = Vec::new();
+        for entry in self.plugin_kv.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
+            let (key, value) = entry?;
+            if !key.starts_with(&start) || entries.len() >= limit {
+                break;
+            }
+            entries.push((key[space..].to_vec(), value.to_vec()));
+        }
+        Ok(entries)
     }
 
     fn room_last_seq(&self, room: RoomId) -> StoreResult<Seq> {

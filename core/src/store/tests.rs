@@ -267,3 +267,44 @@ fn room_history_pages_newest_first_and_survives_a_restart() {
     assert_eq!(all.len(), 5, "other rooms' history does not leak in");
     assert_eq!(all[0].event, event(5, "m5".into()));
 }
+
+#[test]
+fn plugin_values_are_kept_per_plugin_paged_by_key_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    for n in 0..5u8 {
+        store
+            .put_plugin_value("p2p", &[b'c', n], Some(&[n, n]))
+            .unwrap();
+    }
+    store
+        .put_plugin_value("p2p", b"d", Some(b"other prefix"))
+        .unwrap();
+    store
+        .put_plugin_value("xdr", b"c\x01", Some(b"xdr's"))
+        .unwrap();
+    block_on(store.durable()).unwrap();
+    drop(store);
+    store = open(dir.path());
+    assert_eq!(
+        store.plugin_value("p2p", b"c\x01").unwrap(),
+        Some(vec![1, 1])
+    );
+    assert_eq!(
+        store.plugin_value("xdr", b"c\x01").unwrap(),
+        Some(b"xdr's".to_vec())
+    );
+    let keys = |after: Option<&[u8]>, limit| -> Vec<Vec<u8>> {
+        store
+            .plugin_values("p2p", b"c", after, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    };
+    assert_eq!(keys(None, 2), vec![b"c\x00".to_vec(), b"c\x01".to_vec()]);
+    assert_eq!(keys(Some(b"c\x01"), 10).len(), 3, "after is exclusive");
+    assert_eq!(keys(None, 100).len(), 5, "another prefix is not listed");
+    store.put_plugin_value("p2p", b"c\x00", None).unwrap();
+    assert_eq!(store.plugin_value("p2p", b"c\x00").unwrap(), None);
+}

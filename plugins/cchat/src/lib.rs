@@ -83,6 +83,7 @@ impl Protocol for Cchat {
                 default_listen: "0.0.0.0:8888".into(),
                 max_frame: 64 * 1024,
             }],
+            keys: vec![],
         }
     }
 

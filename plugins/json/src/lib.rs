@@ -68,6 +68,7 @@ impl Protocol for Json {
                 default_listen: "0.0.0.0:6969".into(),
                 max_frame: 64 * 1024,
             }],
+            keys: vec![],
         }
     }
 

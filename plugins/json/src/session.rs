@@ -439,6 +439,7 @@ impl JsonSession {
                         Op::Bind {
                             user: user.id,
                             exclusive: false,
+                            resume_after: None,
                         },
                         Purpose::SubscribeBind { id },
                     );

@@ -177,7 +177,8 @@ fn subscribed() -> Harness<JsonSession> {
         bind.op,
         Op::Bind {
             user: UserId(7),
-            exclusive: false
+            exclusive: false,
+            resume_after: None
         }
     );
     let out = sent(&h.input(answer(

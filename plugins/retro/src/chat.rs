@@ -447,6 +447,7 @@ impl ChatSession {
                     Op::Bind {
                         user,
                         exclusive: true,
+                        resume_after: None,
                     },
                     Step::HelloBind { user },
                 );

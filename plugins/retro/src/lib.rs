@@ -97,6 +97,7 @@ impl Protocol for Retro {
                     max_frame: 64 * 1024,
                 },
             ],
+            keys: vec![],
         }
     }
 

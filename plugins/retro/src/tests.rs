@@ -187,7 +187,8 @@ fn logged_in() -> Harness<RetroSession> {
         bind.op,
         Op::Bind {
             user: UserId(5),
-            exclusive: true
+            exclusive: true,
+            resume_after: None
         }
     );
     // A stored event overtakes the bind answer: it waits for SUCCESS.

@@ -67,6 +67,10 @@ pub enum Op {
         /// Refuse with [`CoreError::AlreadyConnected`] if the user already has a bound
         /// session (protocols that allow one login at a time).
         exclusive: bool,
+        /// Start after this position instead of the delivery cursor, for protocols whose
+        /// clients say where they are (XDR's last seen order). It is also proof of
+        /// receipt: the cursor moves up to it (never past what is durable).
+        resume_after: Option<Seq>,
     },
     /// Is this single-use registration key valid (not spent)? Answer: [`Answer::Done`] or
     /// [`CoreError::BadRegkey`]. Does not spend it.
@@ -239,6 +243,73 @@ pub enum Op {
         /// Handles for a new account, tried in order.
         handles: Vec<String>,
     },
+    /// The user behind a protocol identity, if there is one (see [`Op::Alias`]), without
+    /// creating it. Answer: [`Answer::User`]; [`CoreError::NoSuchUser`].
+    FindAlias {
+        /// Which protocol's identities.
+        namespace: String,
+        /// The identity as that protocol writes it.
+        native: String,
+    },
+    /// A value this plugin stored under `key` (see [`Op::Store`]). Answer:
+    /// [`Answer::Value`].
+    Load {
+        /// The key (at most 1024 bytes), in this plugin's own key space.
+        key: Vec<u8>,
+    },
+    /// Stores (or, with `None`, removes) a small value under `key` in this plugin's own
+    /// key space of the core's store: state a plugin must keep across restarts (a
+    /// protocol's sequence counters, peer lists). Answer: [`Answer::Done`] once durable.
+    Store {
+        /// The key (at most 1024 bytes).
+        key: Vec<u8>,
+        /// The value (at most 65536 bytes), or `None` to remove it.
+        value: Option<Vec<u8>>,
+    },
+    /// Up to `limit` entries of this plugin's key space whose keys start with `prefix`
+    /// and come after `after` (exclusive; `None`: from the start), in key order. Answer:
+    /// [`Answer::Entries`].
+    Scan {
+        /// Key prefix.
+        prefix: Vec<u8>,
+        /// Resume after this key.
+        after: Option<Vec<u8>>,
+        /// At most this many (capped at 1024).
+        limit: u32,
+    },
+    /// Append an event to the acting user's own stream (from and to: the user),
+    /// delivered to all its sessions, this one included: an outcome the client must
+    /// learn even across a reconnect. Answer: [`Answer::Accepted`] once durable.
+    Notify {
+        /// What to tell.
+        content: Content,
+    },
+    /// The bound user's stream before `before` (exclusive), newest first, at most
+    /// `limit` (capped at 1000) events, only what is durable. Answer:
+    /// [`Answer::History`].
+    History {
+        /// Position to page back from (`Seq(u64::MAX)`: the newest).
+        before: Seq,
+        /// Page size.
+        limit: u32,
+    },
+    /// A room's history before `before`, newest first, at most `limit` (capped at 1000),
+    /// for a member of the room or a connection present in it. Answer:
+    /// [`Answer::History`]; [`CoreError::NotMember`], [`CoreError::NoSuchRoom`].
+    RoomHistory {
+        /// Room name without `#`.
+        room: String,
+        /// Position to page back from (`Seq(u64::MAX)`: the newest).
+        before: Seq,
+        /// Page size.
+        limit: u32,
+    },
+    /// Who is in a room: stored members and connections present. Answer:
+    /// [`Answer::Members`]; [`CoreError::NoSuchRoom`].
+    RoomMembers {
+        /// Room name without `#`.
+        room: String,
+    },
     /// Be present in a room through this connection, as the acting user, until
     /// [`Op::ExitRoom`] or the connection closes: the room's messages are pushed to this
     /// session as [`HubEvent::RoomDeliver`] (the session's own included), and, with
@@ -345,6 +416,19 @@ pub enum Answer {
     },
     /// Bytes read.
     Bytes(Vec<u8>),
+    /// A stored value ([`Op::Load`]), `None` if there is none.
+    Value(Option<Vec<u8>>),
+    /// Key/value entries of the plugin's key space ([`Op::Scan`]), in key order.
+    Entries(Vec<(Vec<u8>, Vec<u8>)>),
+    /// A page of a stream or a room's history, newest first.
+    History(Vec<Delivery>),
+    /// Who is in a room.
+    Members {
+        /// Stored members.
+        members: Vec<UserRef>,
+        /// Users present through a connection (cchat clients...).
+        present: Vec<UserRef>,
+    },
     /// Done, nothing to report.
     Done,
 }

@@ -46,6 +46,7 @@
 //!                 default_listen: "127.0.0.1:7000".into(),
 //!                 max_frame: 64 * 1024,
 //!             }],
+//!             keys: vec![],
 //!         }
 //!     }
 //!     fn from_config(_config: &serde_json::Value) -> Result<Self, String> {
@@ -104,6 +105,6 @@ pub use io::{
     CloseReason, HttpRequest, HttpResponse, Input, LogLevel, Now, Output, SessionInfo, Transmit,
     WsMessage,
 };
-pub use manifest::{Manifest, Role, Transport};
+pub use manifest::{KeyKind, KeySpec, Manifest, Role, Transport};
 pub use plugin::{drive, Protocol, Session};
 pub use serde_json;

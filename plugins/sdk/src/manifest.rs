@@ -41,4 +41,26 @@ pub struct Manifest {
     pub protocol_version: String,
     /// The listeners this plugin needs, at least one.
     pub roles: Vec<Role>,
+    /// Long-lived key pairs the hub keeps for the plugin (made on first start in
+    /// `<data_dir>/keys/<plugin>/<name>.pem`) and hands to
+    /// [`crate::Protocol::from_config`] in the config's `"$keys"` object, as
+    /// `name → PEM` (PKCS#8). Plugins touch no files; this is how they get a secret
+    /// that outlives the process.
+    pub keys: Vec<KeySpec>,
+}
+
+/// A key pair a plugin needs (see [`Manifest::keys`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySpec {
+    /// File stem and `"$keys"` entry, e.g. `server`.
+    pub name: String,
+    /// What kind of key.
+    pub kind: KeyKind,
+}
+
+/// Kinds of key pairs the hub can make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyKind {
+    /// RSA with a 2048-bit modulus, public exponent 65537.
+    Rsa2048,
 }

@@ -97,6 +97,22 @@ pub enum RoomMsg {
         /// The intermediate.
         intermediate: Vec<u8>,
     },
+    /// A page of the room's history, for a member or a present connection.
+    History {
+        /// Who asks.
+        user: UserId,
+        /// Exclusive upper bound.
+        before: Seq,
+        /// Page size.
+        limit: usize,
+        /// Answered with the page (only what is durable).
+        reply: oneshot::Sender<Result<Vec<Delivery>, CoreError>>,
+    },
+    /// Who is in the room.
+    Members {
+        /// Answered with members and present users.
+        reply: RoomReply,
+    },
     /// A present connection handed this many bytes of pushes to its transport.
     Consumed {
         /// The connection.
@@ -670,6 +686,36 @@ impl Handler<RoomMsg> for RoomActor {
                         tracing::debug!(room = %self.room.id, conn = %conn, %error, "key reply ignored")
                     }
                 }
+            }
+            RoomMsg::History {
+                user,
+                before,
+                limit,
+                reply,
+            } => {
+                let allowed = self.members.contains_key(&user)
+                    || self.present.iter().any(|p| p.user.id == user);
+                let page = if allowed {
+                    // Up to the last durable entry: pending ones are not yet told to anyone.
+                    let durable = self
+                        .history
+                        .front()
+                        .map_or(self.history_seq, |l| Seq(l.seq.0 - 1));
+                    let before = before.min(Seq(durable.0.saturating_add(1)));
+                    self.shared
+                        .store
+                        .room_events_before(self.room.id, before, limit)
+                        .map_err(|e| CoreError::Internal(e.to_string()))
+                } else {
+                    Err(CoreError::NotMember)
+                };
+                let _ = reply.send(page);
+            }
+            RoomMsg::Members { reply } => {
+                let mut members: Vec<UserRef> = self.members.values().cloned().collect();
+                members.sort_by(|a, b| a.handle.cmp(&b.handle));
+                let present = self.present.iter().map(|p| p.user.clone()).collect();
+                let _ = reply.send(Ok(Answer::Members { members, present }));
             }
             RoomMsg::Consumed { conn, bytes } => {
                 if let Some(present) = self.present.iter_mut().find(|p| p.conn == conn) {

@@ -51,6 +51,7 @@ impl Protocol for Testkit {
                 role("tls", Transport::Tls, 7402),
                 role("http", Transport::Http, 7403),
             ],
+            keys: vec![],
         }
     }
 

@@ -27,6 +27,7 @@ impl Protocol for WrongAbi {
                 default_listen: "127.0.0.1:0".into(),
                 max_frame: 64,
             }],
+            keys: vec![],
         }
     }
 
