@@ -45,6 +45,32 @@ pub enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+    /// XDR clients and the hub's XDR key.
+    Xdr {
+        /// Action.
+        #[command(subcommand)]
+        action: XdrAction,
+    },
+}
+
+/// `hub xdr ...`
+#[derive(Debug, Subcommand)]
+pub enum XdrAction {
+    /// Register (or re-key) an XDR client: its id and RSA public key.
+    AddClient {
+        /// The client id it sends in its handshake.
+        #[arg(long)]
+        id: String,
+        /// Its public key: a PEM file (SPKI or PKCS#1), `-` for standard input, or the
+        /// PEM text itself.
+        #[arg(long)]
+        pubkey: String,
+        /// Hub handle for a new client (default: the id if free, else `xdr-<id>`).
+        #[arg(long)]
+        handle: Option<String>,
+    },
+    /// Print the hub's XDR public key (SPKI PEM), making the key pair if missing.
+    ServerKey,
 }
 
 /// `hub regkey ...`
@@ -111,6 +137,33 @@ fn find_user(store: &dyn Storage, text: &str) -> anyhow::Result<hub_core::store:
         }
     }
     bail!("no user {text:?}")
+}
+
+/// The key kind XDR client keys are stored under (normalised to SPKI PEM).
+pub const XDR_CLIENT_KEY: &str = "xdr/rsa-public-pem";
+
+/// Reads an RSA public key (SPKI or PKCS#1 PEM) and returns it as SPKI PEM.
+fn xdr_public_key(argument: &str) -> anyhow::Result<String> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding};
+    use rsa::traits::PublicKeyParts;
+    let pem = if argument == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        text
+    } else if argument.trim_start().starts_with("-----BEGIN") {
+        argument.to_owned()
+    } else {
+        std::fs::read_to_string(argument).with_context(|| format!("reading {argument}"))?
+    };
+    let key = rsa::RsaPublicKey::from_public_key_pem(pem.trim())
+        .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(pem.trim()))
+        .map_err(|_| anyhow::anyhow!("not an RSA public key in SPKI or PKCS#1 PEM"))?;
+    let bits = key.size() * 8;
+    if !(1024..=8192).contains(&bits) {
+        bail!("the key has {bits} bits; XDR client keys have 1024 to 8192");
+    }
+    Ok(key.to_public_key_pem(LineEnding::LF)?)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -209,6 +262,62 @@ pub fn run_command(config: &HubConfig, command: Command) -> anyhow::Result<()> {
             }
             store.close();
             store.flush_now()?;
+        }
+        Command::Xdr {
+            action: XdrAction::ServerKey,
+        } => {
+            let spec = hub_plugin_sdk::KeySpec {
+                name: crate::keys::XDR_SERVER.1.into(),
+                kind: hub_plugin_sdk::KeyKind::Rsa2048,
+            };
+            let private = crate::keys::ensure(&config.data_dir, crate::keys::XDR_SERVER.0, &spec)?;
+            print!("{}", crate::keys::public_pem(&private, spec.kind)?);
+        }
+        Command::Xdr {
+            action: XdrAction::AddClient { id, pubkey, handle },
+        } => {
+            if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+                bail!("a client id is 1-256 bytes without control characters");
+            }
+            let pem = xdr_public_key(&pubkey)?;
+            let store = store_for_cli(config)?;
+            let now = hub_core::actors::unix_ms();
+            let account = match store.alias("xdr", &id)? {
+                Some(user) => {
+                    let account = store.account(user)?.context("alias of a missing account")?;
+                    eprintln!(
+                        "client {id} exists ({}); its key is replaced",
+                        account.handle
+                    );
+                    account
+                }
+                None => {
+                    let handles = match handle {
+                        Some(handle) => {
+                            hub_core::accounts::validate_handle(&handle)
+                                .map_err(|e| anyhow::anyhow!("--handle {handle:?}: {e}"))?;
+                            vec![handle]
+                        }
+                        None => vec![id.clone(), format!("xdr-{id}")],
+                    };
+                    let handles: Vec<String> = handles
+                        .into_iter()
+                        .filter(|h| hub_core::accounts::validate_handle(h).is_ok())
+                        .collect();
+                    store
+                        .create_alias_account("xdr", &id, &handles, now)
+                        .map_err(|e| match e {
+                            hub_core::store::StoreError::HandleTaken => {
+                                anyhow::anyhow!("the handle is taken; choose one with --handle")
+                            }
+                            other => other.into(),
+                        })?
+                }
+            };
+            store.put_public_key(account.id, XDR_CLIENT_KEY, pem.as_bytes())?;
+            store.close();
+            store.flush_now()?;
+            println!("{}\t{}", account.id, account.handle);
         }
         Command::Tls {
             action: TlsAction::Cert,

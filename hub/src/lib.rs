@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod driver;
+pub mod keys;
 pub mod listeners;
 pub mod loader;
 pub mod logging;

@@ -3,6 +3,7 @@
 //! accepting, tell sessions goodbye, flush the store.
 
 use crate::config::HubConfig;
+use crate::keys;
 use crate::loader::{self, Library};
 use crate::state::{HubState, LoadedPlugin, PluginCounters};
 use anyhow::Context;
@@ -46,7 +47,19 @@ pub fn load_plugins(config: &HubConfig) -> anyhow::Result<Vec<Arc<LoadedPlugin>>
             tracing::error!(file = %path.display(), plugin = %manifest.name, "plugin declares no roles; not loaded");
             continue;
         }
-        let instance = match library.instantiate(&section.raw) {
+        let plugin_config = match keys::with_keys(
+            &config.data_dir,
+            &manifest.name,
+            &manifest.keys,
+            &section.raw,
+        ) {
+            Ok(plugin_config) => plugin_config,
+            Err(error) => {
+                tracing::error!(plugin = %manifest.name, error = %format!("{error:#}"), "the plugin's keys are not available; not loaded");
+                continue;
+            }
+        };
+        let instance = match library.instantiate(&plugin_config) {
             Ok(instance) => instance,
             Err(error) => {
                 tracing::error!(plugin = %manifest.name, %error, "plugin refused its config; not loaded");

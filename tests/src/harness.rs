@@ -44,6 +44,13 @@ const PLUGINS: &[TestPlugin] = &[
         test_only: false,
     },
     TestPlugin {
+        krate: "hub-plugin-xdr",
+        file_stem: "libhub_plugin_xdr",
+        name: "xdr",
+        roles: &["main"],
+        test_only: false,
+    },
+    TestPlugin {
         krate: "hub-plugin-testkit",
         file_stem: "libhub_plugin_testkit",
         name: "testkit",
@@ -169,6 +176,12 @@ pub struct Hub {
 impl Hub {
     /// Builds (once) and starts a hub with a fresh data directory.
     pub fn start(options: HubOptions) -> Hub {
+        Hub::start_after(options, |_| {})
+    }
+
+    /// Like [`Hub::start`], but runs `setup` first, before the hub's first launch, on
+    /// its (empty) data directory: e.g. operator commands through [`Hub::cli`].
+    pub fn start_after(options: HubOptions, setup: impl FnOnce(&Hub)) -> Hub {
         let temp = Arc::new(tempfile::tempdir().expect("temporary directory"));
         let data_dir = temp.path().join("data");
         let plugins_dir = temp.path().join("plugins");
@@ -199,6 +212,7 @@ impl Hub {
             log: Arc::new(Mutex::new(String::new())),
             start_time: Duration::ZERO,
         };
+        setup(&hub);
         hub.launch();
         hub
     }
