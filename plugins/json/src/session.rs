@@ -17,9 +17,10 @@
 use crate::render::{event_object, presence_object, SCHEME_KEY_EXCHANGE, SCHEME_MESSAGE};
 use crate::wire::{refusal_object, success, Refusal, Request, RespCode};
 use crate::Config;
+use hub_plugin_sdk::receipt::Receipts;
 use hub_plugin_sdk::{
     Address, Answer, CallId, CloseReason, Command, Content, CoreError, CorrelationId, HubEvent,
-    Input, LogLevel, Now, Op, Output, PasswordScheme, Seq, Session, Transmit, UserRef, WsMessage,
+    Input, LogLevel, Now, Op, Output, PasswordScheme, Session, Transmit, UserRef, WsMessage,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -53,9 +54,6 @@ enum Purpose {
     },
 }
 
-/// Milliseconds before an unanswered receipt ping is sent again.
-const RECEIPT_PING_RETRY_MS: u64 = 5_000;
-
 /// Tokens this connection has seen checked (bounded).
 const TOKEN_CACHE: usize = 16;
 
@@ -78,12 +76,8 @@ pub struct JsonSession {
     /// Requests waiting for a token check, in arrival order.
     blocked: VecDeque<Request>,
     checking: bool,
-    delivered_through: Seq,
-    acked_through: Seq,
-    ping_outstanding: bool,
-    /// When an unanswered receipt ping is sent again (a client may answer only the
-    /// latest of several pings, so a pong can be lost to the hub's keep-alive ping).
-    ping_retry: Option<u64>,
+    /// Proof of receipt by ping/pong.
+    receipts: Receipts,
     now_ms: u64,
     deadline: Option<u64>,
     closed: bool,
@@ -105,10 +99,7 @@ impl JsonSession {
             early: Vec::new(),
             blocked: VecDeque::new(),
             checking: false,
-            delivered_through: Seq(0),
-            acked_through: Seq(0),
-            ping_outstanding: false,
-            ping_retry: None,
+            receipts: Receipts::new(),
             now_ms: 0,
             deadline: None,
             closed: false,
@@ -458,8 +449,7 @@ impl JsonSession {
                         self.subscribed = true;
                         self.deadline = None;
                         // Positions only move forward: an early delivery may be past it.
-                        self.delivered_through = self.delivered_through.max(cursor);
-                        self.acked_through = self.acked_through.max(cursor);
+                        self.receipts.start_at(cursor);
                         self.log(
                             LogLevel::Debug,
                             format!("subscribed as {} from seq {}", user.handle, cursor.0),
@@ -606,7 +596,7 @@ impl JsonSession {
                         format!("event {} not shown: {why}", delivery.event.id.0),
                     ),
                 }
-                self.delivered_through = self.delivered_through.max(delivery.seq);
+                self.receipts.delivered(delivery.seq);
                 self.ping_for_receipt();
             }
             HubEvent::Presence { user, online } => self.send(presence_object(&user, online)),
@@ -623,10 +613,7 @@ impl JsonSession {
 
     /// Asks the client for a pong carrying the last delivered seq (one ping in flight).
     fn ping_for_receipt(&mut self) {
-        if !self.ping_outstanding && self.delivered_through > self.acked_through {
-            self.ping_outstanding = true;
-            self.ping_retry = Some(self.now_ms + RECEIPT_PING_RETRY_MS);
-            let payload = self.delivered_through.0.to_be_bytes().to_vec();
+        if let Some(payload) = self.receipts.poll_ping(self.now_ms) {
             self.out
                 .push_back(Output::Transmit(Transmit::Message(WsMessage::Ping(
                     payload,
@@ -635,14 +622,7 @@ impl JsonSession {
     }
 
     fn on_pong(&mut self, payload: &[u8]) {
-        let Ok(bytes) = <[u8; 8]>::try_from(payload) else {
-            return; // not one of ours (e.g. the hub's own keep-alive)
-        };
-        let through = Seq(u64::from_be_bytes(bytes));
-        self.ping_outstanding = false;
-        self.ping_retry = None;
-        if through > self.acked_through && through <= self.delivered_through {
-            self.acked_through = through;
+        if let Some(through) = self.receipts.on_pong(payload) {
             self.fire_and_forget(Op::Ack { through });
         }
         self.ping_for_receipt();
@@ -724,9 +704,7 @@ impl Session for JsonSession {
             Input::Message(WsMessage::Ping(_)) => {}
             Input::Event(event) => self.on_event(event),
             Input::Timeout => {
-                if self.ping_retry.is_some_and(|d| d <= now.mono_ms) && !self.closed {
-                    self.ping_outstanding = false;
-                    self.ping_retry = None;
+                if !self.closed {
                     self.ping_for_receipt();
                 }
                 if self.deadline.is_some_and(|d| d <= now.mono_ms) {
@@ -763,7 +741,7 @@ impl Session for JsonSession {
     }
 
     fn poll_output(&mut self) -> Output {
-        let next = match (self.deadline, self.ping_retry) {
+        let next = match (self.deadline, self.receipts.deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };

@@ -90,6 +90,7 @@ mod ids;
 mod io;
 mod manifest;
 mod plugin;
+pub mod receipt;
 pub mod testing;
 
 pub use command::{
