@@ -260,7 +260,11 @@ impl Core {
 
     /// Appends one event to one user's stream; the future resolves once it is durable.
     fn append_to(&self, ctx: &ConnContext, to: UserRef, from: UserRef, body: EventBody) -> Pending {
-        self.append(ctx, to, from, body, Some(ctx.conn))
+        // Not pushed back to the connection it came from, unless that connection is the
+        // recipient's own: then it is part of the stream the connection reads, and
+        // skipping it would leave a hole in the positions a client resumes from.
+        let skip = (to.id != from.id).then_some(ctx.conn);
+        self.append(ctx, to, from, body, skip)
     }
 
     /// [`Core::append_to`] with the connection the event is not pushed to (`None`: all).

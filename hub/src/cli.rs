@@ -63,7 +63,7 @@ pub enum XdrAction {
         id: String,
         /// Its public key: a PEM file (SPKI or PKCS#1), `-` for standard input, or the
         /// PEM text itself.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         pubkey: String,
         /// Hub handle for a new client (default: the id if free, else `xdr-<id>`).
         #[arg(long)]

@@ -7,3 +7,4 @@ pub mod harness;
 pub mod json_client;
 pub mod json_crypto;
 pub mod retro_client;
+pub mod xdr_client;

@@ -21,6 +21,7 @@ use crate::crypto::{self, Cipher, ClientKey, ServerKey};
 use crate::frame::{self, ClientKind, Hello, ServerFrame};
 use crate::payload::{self, Inbox, Rpc};
 use crate::Config;
+use hub_plugin_sdk::receipt::Receipts;
 use hub_plugin_sdk::{
     Address, Answer, CloseReason, Command, Content, CoreError, CorrelationId, Delivery, HubEvent,
     Input, LogLevel, Now, Op, Output, Seq, Session, Transmit, UserId, UserRef, UserStatus,
@@ -29,6 +30,9 @@ use hub_plugin_sdk::{
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+
+/// Frames kept while the bind is answered, at most.
+const EARLY_FRAMES: usize = 64;
 
 /// The key kind client public keys are stored under (by `hub xdr add-client`).
 pub const CLIENT_KEY_KIND: &str = "xdr/rsa-public-pem";
@@ -75,12 +79,12 @@ enum Purpose {
 }
 
 /// What to answer an RPC with, once the core has answered.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum RpcKind {
     History { limit: u32 },
     RoomHistory { limit: u32 },
     Contacts,
-    RoomMembers,
+    RoomMembers { room: String },
 }
 
 /// A presence request being resolved handle by handle.
@@ -140,6 +144,11 @@ pub struct XdrSession {
     next_query: u64,
     /// Events that overtook the answer to `Bind`.
     early: Vec<HubEvent>,
+    /// Frames the client sent right after its signature, before `Bind` was answered.
+    early_frames: Vec<Vec<u8>>,
+    /// Proof of receipt by ping/pong (clients that always resume from −1 rely on it).
+    receipts: Receipts,
+    now_ms: u64,
     handshake_deadline: Option<u64>,
     next_heartbeat: Option<u64>,
 }
@@ -158,6 +167,9 @@ impl XdrSession {
             presence: HashMap::new(),
             next_query: 1,
             early: Vec::new(),
+            early_frames: Vec::new(),
+            receipts: Receipts::new(),
+            now_ms: 0,
             handshake_deadline: None,
             next_heartbeat: None,
         }
@@ -416,11 +428,15 @@ impl XdrSession {
                     done: BTreeSet::new(),
                     delivered: cursor.0,
                 });
+                self.receipts.start_at(cursor);
                 self.state = State::Live;
                 self.handshake_deadline = None;
                 self.next_heartbeat = Some(now.mono_ms + self.config.heartbeat_ms);
                 for event in std::mem::take(&mut self.early) {
                     self.on_event(event, now);
+                }
+                for frame in std::mem::take(&mut self.early_frames) {
+                    self.on_frame(&frame);
                 }
             }
             Err(CoreError::AlreadyConnected) => {
@@ -555,7 +571,10 @@ impl XdrSession {
                 RpcKind::RoomHistory { limit },
             ),
             Rpc::Contacts => (Op::Contacts, RpcKind::Contacts),
-            Rpc::RoomMembers { room } => (Op::RoomMembers { room }, RpcKind::RoomMembers),
+            Rpc::RoomMembers { room } => (
+                Op::RoomMembers { room: room.clone() },
+                RpcKind::RoomMembers { room },
+            ),
             Rpc::Presence { users } => return self.presence_request(request_id, users),
         };
         self.command(op, Purpose::Rpc { request_id, kind });
@@ -642,11 +661,11 @@ impl XdrSession {
                     (RpcKind::Contacts, Ok(Answer::Contacts(entries))) => {
                         payload::contacts(&entries)
                     }
-                    (RpcKind::RoomMembers, Ok(Answer::Members { members, present })) => {
+                    (RpcKind::RoomMembers { room }, Ok(Answer::Members { members, present })) => {
                         let handles = |users: &[UserRef]| {
                             users.iter().map(|u| u.handle.clone()).collect::<Vec<_>>()
                         };
-                        json!({"@type": "RoomMembersResponse", "members": handles(&members), "present": handles(&present)})
+                        json!({"@type": "RoomMembersResponse", "room": format!("#{room}"), "members": handles(&members), "present": handles(&present)})
                     }
                     (_, Err(error)) => payload::rpc_error(&error),
                     (_, Ok(other)) => payload::rpc_error(&CoreError::Internal(format!(
@@ -706,6 +725,19 @@ impl XdrSession {
         if let Some(link) = self.link.as_mut() {
             link.delivered = link.delivered.max(delivery.seq.0);
         }
+        self.receipts.delivered(delivery.seq);
+        self.ping_for_receipt();
+    }
+
+    fn ping_for_receipt(&mut self) {
+        if let Some(payload) = self.receipts.poll_ping(self.now_ms) {
+            if !matches!(self.state, State::Closed) {
+                self.out
+                    .push_back(Output::Transmit(Transmit::Message(WsMessage::Ping(
+                        payload,
+                    ))));
+            }
+        }
     }
 
     fn on_event(&mut self, event: HubEvent, now: Now) {
@@ -759,6 +791,11 @@ impl XdrSession {
             State::ExpectHello => self.on_hello(bytes),
             State::ExpectSignature(_) => self.on_signature(bytes),
             State::Live => self.on_frame(bytes),
+            // Real clients send at once after their signature: keep what arrives while
+            // the bind is answered (bounded), and read it once live.
+            State::Binding(_) if self.early_frames.len() < EARLY_FRAMES => {
+                self.early_frames.push(bytes.to_vec());
+            }
             State::LookingUp(_) | State::Binding(_) => {
                 self.log(
                     LogLevel::Warn,
@@ -773,6 +810,7 @@ impl XdrSession {
 
 impl Session for XdrSession {
     fn handle_input(&mut self, now: Now, input: Input) {
+        self.now_ms = now.mono_ms;
         match input {
             Input::Opened => {
                 self.handshake_deadline =
@@ -786,7 +824,13 @@ impl Session for XdrSession {
                     self.close(close::HANDSHAKE, "handshake failed");
                 }
             }
-            Input::Message(WsMessage::Ping(_) | WsMessage::Pong(_)) => {}
+            Input::Message(WsMessage::Pong(payload)) => {
+                if let Some(through) = self.receipts.on_pong(&payload) {
+                    self.fire_and_forget(Op::Ack { through });
+                }
+                self.ping_for_receipt();
+            }
+            Input::Message(WsMessage::Ping(_)) => {}
             Input::Event(event) => self.on_event(event, now),
             Input::Timeout => {
                 if self.handshake_deadline.is_some_and(|d| d <= now.mono_ms)
@@ -800,6 +844,9 @@ impl Session for XdrSession {
                         self.binary(vec![0]);
                         self.next_heartbeat = Some(now.mono_ms + self.config.heartbeat_ms);
                     }
+                }
+                if matches!(self.state, State::Live) {
+                    self.ping_for_receipt();
                 }
             }
             Input::TooLarge { limit } => {
@@ -818,7 +865,10 @@ impl Session for XdrSession {
             return output;
         }
         let deadline = match self.state {
-            State::Live => self.next_heartbeat,
+            State::Live => match (self.next_heartbeat, self.receipts.deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             State::Closed => None,
             _ => self.handshake_deadline,
         };

@@ -487,3 +487,64 @@ fn config_needs_the_server_key_and_sane_values() {
     assert!(Xdr::from_config(&json!({"$keys": keys, "max_pending": 0})).is_err());
     assert!(Xdr::from_config(&json!({"$keys": keys, "server_frames": "inline"})).is_ok());
 }
+
+#[test]
+fn deliveries_are_proven_by_a_receipt_ping_and_its_pong() {
+    let (mut h, _) = live(0, 0);
+    let outs = h.input(delivery(1, "a"));
+    let ping = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Transmit(Transmit::Message(WsMessage::Ping(p))) => Some(p.clone()),
+            _ => None,
+        })
+        .expect("a receipt ping after the delivery");
+    assert_eq!(ping, 1u64.to_be_bytes());
+    let outs = h.input(Input::Message(WsMessage::Pong(ping)));
+    assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(1) });
+    // The hub's own keep-alive pong proves nothing.
+    assert!(commands(&h.input(Input::Message(WsMessage::Pong(vec![])))).is_empty());
+}
+
+#[test]
+fn frames_right_after_the_signature_wait_for_the_bind() {
+    let p = protocol(json!({}));
+    let mut h = Harness::new(p.open(session_info(Transport::WebSocket)));
+    h.input(Input::Opened);
+    let outs = h.input(message(hello("alice", 0)));
+    let outs = h.input(answer(commands(&outs)[0].id, Ok(Answer::User(alice()))));
+    let key = PublicKey {
+        kind: session::CLIENT_KEY_KIND.into(),
+        bytes: public_pem().into_bytes(),
+    };
+    let outs = h.input(answer(commands(&outs)[0].id, Ok(Answer::Keys(vec![key]))));
+    let outs = h.input(answer(commands(&outs)[0].id, Ok(Answer::Value(None))));
+    let challenge = binaries(&outs).pop().unwrap();
+    let plain = ServerKey::from_pem(&private_pem())
+        .unwrap()
+        .decrypt(&challenge)
+        .unwrap();
+    let mut r = Reader::new(&plain);
+    let data_to_sign = r.opaque().unwrap().to_vec();
+    r.hyper().unwrap();
+    let server = Cipher::new(r.opaque().unwrap()).unwrap();
+    let outs = h.input(message(sign(&data_to_sign, 190)));
+    let bind = commands(&outs)[0].id;
+    // Sent at once, before the bind is answered: kept, not refused.
+    let outs = h.input(message(client_frame(
+        2,
+        9,
+        &json!({"@type":"WhoAmIRequest"}),
+        true,
+    )));
+    assert_eq!(close_code(&outs), None);
+    let outs = h.input(answer(
+        bind,
+        Ok(Answer::Bound {
+            user: alice(),
+            cursor: Seq(0),
+        }),
+    ));
+    let (kind, _) = server_frame(&server, &binaries(&outs)[0]);
+    assert_eq!(kind, 2, "the early RPC is answered once live");
+}
