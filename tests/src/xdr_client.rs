@@ -1596,6 +1596,21 @@ impl XdrClient {
         )?
     }
 
+    /// Builds INBOX frames for `payloads` with the next sequences, signed and sealed now,
+    /// to be sent later with [`send_raw`](Self::send_raw) in order: for load tests, so
+    /// that the client's signing is not what gets timed.
+    pub fn prepare_inbox(&self, payloads: &[Value]) -> Result<Vec<Vec<u8>>> {
+        let mut next = self.next_sequence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut frames = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let frame =
+                self.build_frame(msg_type::INBOX, *next, payload, &SendOptions::default())?;
+            *next += 1;
+            frames.push(frame.bytes);
+        }
+        Ok(frames)
+    }
+
     /// Sends raw bytes as one binary message (garbage, or a replay of
     /// [`SentFrame::bytes`]).
     pub fn send_raw(&self, bytes: &[u8]) -> Result<()> {

@@ -7,6 +7,7 @@
 //! cargo run --release -p hub-bench -- retro-pairs [--pairs 100] [--rounds 20] [--messages 100]
 //! cargo run --release -p hub-bench -- cchat-keys [--members 8] [--rounds 10]
 //! cargo run --release -p hub-bench -- cchat-fanout [--members 50] [--messages 2000] [--window 64]
+//! cargo run --release -p hub-bench -- xdr [--clients 50] [--messages 200]
 //! cargo run --release -p hub-bench -- smoke      # a few seconds, for CI
 //! ```
 
@@ -16,12 +17,13 @@ mod cchat;
 mod json_pairs;
 mod report;
 mod retro_pairs;
+mod xdr;
 
 use std::collections::HashMap;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|smoke> [--pairs N] [--members N] [--messages N] [--window N] [--rounds N] [--durability flush|interval]"
+        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|smoke> [--pairs N] [--members N] [--clients N] [--messages N] [--window N] [--rounds N] [--durability flush|interval]"
     );
     std::process::exit(2);
 }
@@ -78,6 +80,7 @@ fn main() {
             number("messages", 2000),
             number("window", 64),
         )],
+        "xdr" => xdr::run(number("clients", 50), number("messages", 200)),
         "smoke" => vec![json_pairs::run(json_pairs::Params {
             pairs: 10,
             messages: 50,
