@@ -9,14 +9,14 @@ use crate::accounts;
 use crate::actors::call::CallMsg;
 use crate::actors::room::RoomMsg;
 use crate::actors::router::{Router, RouterMsg};
-use crate::actors::{make_event, CoreSettings, SessionAddr, Shared, UserMsg};
+use crate::actors::{make_event, CoreSettings, SessionAddr, SessionMsg, Shared, UserMsg};
 use crate::files::{Download, FileDir, Upload};
 use crate::metrics::Metrics;
 use crate::store::{Storage, StoreError};
 use actix::prelude::*;
 use hub_plugin_sdk::{
-    Address, Answer, ConnId, ContactEntry, ContactNotice, ContactState, CoreError, EventBody, Op,
-    Origin, RoomRef, Target, UserRef,
+    Address, Answer, ConnId, ContactEntry, ContactNotice, ContactState, Content, CoreError,
+    EventBody, HubEvent, Op, Origin, RoomRef, Target, UserRef,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,6 +44,8 @@ pub struct ConnContext {
     pub attached: bool,
     /// Rooms this connection is present in (`EnterRoom`), left when it closes.
     present: Vec<RoomRef>,
+    /// Puppets whose streams this connection carries (`Puppet`), detached when it closes.
+    puppets: Vec<UserRef>,
     upload: Option<Upload>,
     download: Option<Download>,
 }
@@ -59,6 +61,7 @@ impl ConnContext {
             addr,
             attached: false,
             present: Vec::new(),
+            puppets: Vec::new(),
             upload: None,
             download: None,
         }
@@ -80,6 +83,10 @@ impl ConnContext {
 /// on bind and disconnect only, never per message.
 type PeerMap = Arc<Mutex<HashMap<(String, String), Vec<(ConnId, UserRef)>>>>;
 
+/// Service sessions by plugin, for `Op::Signal`. Touched when a service session starts
+/// or stops, and read (not on the message path) per signal.
+type ServiceMap = Arc<Mutex<HashMap<String, Vec<(ConnId, SessionAddr)>>>>;
+
 /// Handle to the running core (cheap to clone, `Send + Sync`).
 #[derive(Clone)]
 pub struct Core {
@@ -87,6 +94,7 @@ pub struct Core {
     router: Addr<Router>,
     files: FileDir,
     peers: PeerMap,
+    services: ServiceMap,
     /// Bounds concurrent password hashing (argon2 takes ~19 MiB and tens of ms each):
     /// a flood of signins queues here instead of exhausting memory and threads.
     hashing: Arc<tokio::sync::Semaphore>,
@@ -115,6 +123,15 @@ const MAX_PLUGIN_VALUE: usize = 64 * 1024;
 
 /// Largest page of history or of a plugin's key space.
 const MAX_PAGE: usize = 1000;
+
+/// Largest `Op::Signal` payload.
+const MAX_SIGNAL: usize = 4096;
+
+/// Largest idempotency key of `Op::SendOnce`.
+const MAX_DEDUP_KEY: usize = 256;
+
+/// Puppets one connection may carry.
+const MAX_PUPPETS: usize = 4096;
 
 fn check_plugin_key(key: &[u8]) -> Result<(), CoreError> {
     if key.len() > MAX_PLUGIN_KEY {
@@ -195,6 +212,7 @@ impl Core {
             router,
             files,
             peers: Arc::new(Mutex::new(HashMap::new())),
+            services: Arc::new(Mutex::new(HashMap::new())),
             hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
@@ -260,14 +278,19 @@ impl Core {
 
     /// Appends one event to one user's stream; the future resolves once it is durable.
     fn append_to(&self, ctx: &ConnContext, to: UserRef, from: UserRef, body: EventBody) -> Pending {
-        // Not pushed back to the connection it came from, unless that connection is the
-        // recipient's own: then it is part of the stream the connection reads, and
-        // skipping it would leave a hole in the positions a client resumes from.
-        let skip = (to.id != from.id).then_some(ctx.conn);
-        self.append(ctx, to, from, body, skip)
+        let skip = Self::skip_for(ctx, &to, &from);
+        self.append(ctx, to, from, body, skip, None)
     }
 
-    /// [`Core::append_to`] with the connection the event is not pushed to (`None`: all).
+    /// The connection an event is not pushed to: the one it came from, unless that is the
+    /// recipient's own (then the event is part of the stream the connection reads, and
+    /// skipping it would leave a hole in the positions a client resumes from).
+    fn skip_for(ctx: &ConnContext, to: &UserRef, from: &UserRef) -> Option<ConnId> {
+        (to.id != from.id).then_some(ctx.conn)
+    }
+
+    /// [`Core::append_to`] with the connection the event is not pushed to (`None`: all)
+    /// and an optional idempotency key.
     fn append(
         &self,
         ctx: &ConnContext,
@@ -275,6 +298,7 @@ impl Core {
         from: UserRef,
         body: EventBody,
         skip_conn: Option<ConnId>,
+        dedup: Option<Vec<u8>>,
     ) -> Pending {
         let event = match make_event(
             &self.shared,
@@ -286,7 +310,6 @@ impl Core {
             Ok(event) => event,
             Err(e) => return ready(Err(e)),
         };
-        let id = event.id;
         self.shared.metrics.routed.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
         self.router.do_send(RouterMsg::ToUser {
@@ -295,11 +318,14 @@ impl Core {
                 event,
                 skip_conn,
                 reply: Some(tx),
+                dedup,
             },
         });
         Box::pin(async move {
             match rx.await {
-                Ok(Ok(_seq)) => Ok(Answer::Accepted { event: id }),
+                Ok(Ok(appended)) => Ok(Answer::Accepted {
+                    event: appended.event,
+                }),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(CoreError::Internal("the core is shutting down".into())),
             }
@@ -351,6 +377,7 @@ impl Core {
                         conn: ctx.conn,
                         exclusive,
                         resume_after,
+                        puppet: false,
                         addr,
                         reply: tx,
                     },
@@ -396,6 +423,8 @@ impl Core {
                                 origin: ctx.origin(),
                                 content,
                                 reply,
+                                dedup: None,
+                                join: false,
                             },
                         });
                         await_reply(rx)
@@ -514,9 +543,79 @@ impl Core {
                     .map_err(internal),
             ),
             Op::Notify { content } => match ctx.me() {
-                Ok(me) => self.append(ctx, me.clone(), me, EventBody::Message(content), None),
+                Ok(me) => self.append(ctx, me.clone(), me, EventBody::Message(content), None, None),
                 Err(e) => ready(Err(e)),
             },
+            Op::Puppet { user } => self.puppet(ctx, user),
+            Op::Unpuppet { user } => {
+                if let Some(index) = ctx.puppets.iter().position(|p| p.id == user) {
+                    let puppet = ctx.puppets.remove(index);
+                    self.router.do_send(RouterMsg::ToUser {
+                        user: puppet,
+                        msg: UserMsg::Detach { conn: ctx.conn },
+                    });
+                }
+                ready(Ok(Answer::Done))
+            }
+            Op::PuppetAck { user, through } => {
+                if let Some(puppet) = ctx.puppets.iter().find(|p| p.id == user) {
+                    self.router.do_send(RouterMsg::ToUser {
+                        user: puppet.clone(),
+                        msg: UserMsg::Ack { through },
+                    });
+                }
+                ready(Ok(Answer::Done))
+            }
+            Op::PuppetHistory {
+                user,
+                before,
+                limit,
+            } => {
+                let puppet = match self.puppet_user(ctx, user) {
+                    Ok(puppet) => puppet,
+                    Err(e) => return ready(Err(e)),
+                };
+                let cursor = match self.shared.store.cursor(user) {
+                    Ok(cursor) => cursor,
+                    Err(e) => return ready(Err(internal(e))),
+                };
+                let (reply, rx) = oneshot::channel();
+                self.router.do_send(RouterMsg::ToUser {
+                    user: puppet,
+                    msg: UserMsg::History {
+                        before,
+                        limit: (limit as usize).min(MAX_PAGE),
+                        reply,
+                    },
+                });
+                Box::pin(async move {
+                    rx.await
+                        .unwrap_or_else(|_| {
+                            Err(CoreError::Internal("the core is shutting down".into()))
+                        })
+                        .map(|page| Answer::PuppetPage { page, cursor })
+                })
+            }
+            Op::SendOnce {
+                key,
+                from,
+                to,
+                content,
+            } => self.send_once(ctx, key, from, to, content),
+            Op::Signal { data } => {
+                if data.len() > MAX_SIGNAL {
+                    return ready(Err(CoreError::Invalid(format!(
+                        "a signal is at most {MAX_SIGNAL} bytes"
+                    ))));
+                }
+                if let Ok(services) = self.services.lock() {
+                    for (_, addr) in services.get(&ctx.plugin).into_iter().flatten() {
+                        let _ = addr
+                            .try_send(SessionMsg::Event(HubEvent::Signal { data: data.clone() }));
+                    }
+                }
+                ready(Ok(Answer::Done))
+            }
             Op::History { before, limit } => {
                 let me = match ctx.me() {
                     Ok(me) => me,
@@ -1033,6 +1132,131 @@ impl Core {
         await_reply(rx)
     }
 
+    /// The user behind one of this plugin's own aliases (a puppet), or `Forbidden`.
+    fn puppet_user(
+        &self,
+        ctx: &ConnContext,
+        user: hub_plugin_sdk::UserId,
+    ) -> Result<UserRef, CoreError> {
+        let namespace = self.shared.store.alias_namespace(user).map_err(internal)?;
+        if namespace.as_deref() != Some(ctx.plugin.as_str()) {
+            return Err(CoreError::Forbidden);
+        }
+        self.resolve_user(&Address::User(user))
+    }
+
+    fn puppet(&self, ctx: &mut ConnContext, user: hub_plugin_sdk::UserId) -> Pending {
+        let puppet = match self.puppet_user(ctx, user) {
+            Ok(puppet) => puppet,
+            Err(e) => return ready(Err(e)),
+        };
+        let Some(addr) = ctx.addr.clone() else {
+            return ready(Err(CoreError::Invalid(
+                "this transport cannot carry a stream".into(),
+            )));
+        };
+        if ctx.puppets.iter().any(|p| p.id == user) {
+            return ready(Err(CoreError::Invalid("already carried".into())));
+        }
+        if ctx.puppets.len() >= MAX_PUPPETS {
+            return ready(Err(CoreError::Invalid(format!(
+                "at most {MAX_PUPPETS} puppets per connection"
+            ))));
+        }
+        ctx.puppets.push(puppet.clone());
+        let (tx, rx) = oneshot::channel();
+        self.router.do_send(RouterMsg::ToUser {
+            user: puppet.clone(),
+            msg: UserMsg::Attach {
+                conn: ctx.conn,
+                exclusive: false,
+                resume_after: None,
+                puppet: true,
+                addr,
+                reply: tx,
+            },
+        });
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(cursor)) => Ok(Answer::Bound {
+                    user: puppet,
+                    cursor,
+                }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(CoreError::Internal("the core is shutting down".into())),
+            }
+        })
+    }
+
+    fn send_once(
+        &self,
+        ctx: &ConnContext,
+        key: Vec<u8>,
+        from: Option<hub_plugin_sdk::UserId>,
+        to: Address,
+        content: Content,
+    ) -> Pending {
+        if key.is_empty() || key.len() > MAX_DEDUP_KEY {
+            return ready(Err(CoreError::Invalid(format!(
+                "an idempotency key is 1-{MAX_DEDUP_KEY} bytes"
+            ))));
+        }
+        let author = match from {
+            None => ctx.me(),
+            Some(user) => self.puppet_user(ctx, user),
+        };
+        let author = match author {
+            Ok(author) => author,
+            Err(e) => return ready(Err(e)),
+        };
+        match to {
+            Address::Room(name) => {
+                let room = match self.resolve_room(&name) {
+                    Ok(room) => room,
+                    Err(e) => return ready(Err(e)),
+                };
+                let (reply, rx) = oneshot::channel();
+                self.router.do_send(RouterMsg::ToRoom {
+                    room,
+                    msg: RoomMsg::Send {
+                        from: author,
+                        origin: ctx.origin(),
+                        content,
+                        reply,
+                        dedup: Some(key),
+                        join: from.is_some(),
+                    },
+                });
+                await_reply(rx)
+            }
+            address => match self.resolve_user(&address) {
+                Ok(to) => {
+                    let skip = Self::skip_for(ctx, &to, &author);
+                    self.append(
+                        ctx,
+                        to,
+                        author,
+                        EventBody::Message(content),
+                        skip,
+                        Some(key),
+                    )
+                }
+                Err(e) => ready(Err(e)),
+            },
+        }
+    }
+
+    /// Registers a plugin's service session for `Op::Signal` (the hub calls this when it
+    /// opens one); it is forgotten when the connection closes.
+    pub fn register_service(&self, plugin: &str, conn: ConnId, addr: SessionAddr) {
+        if let Ok(mut services) = self.services.lock() {
+            services
+                .entry(plugin.to_owned())
+                .or_default()
+                .push((conn, addr));
+        }
+    }
+
     /// The session handed `bytes` of a room's pushes to its transport.
     pub fn room_consumed(&self, ctx: &ConnContext, room: &RoomRef, bytes: usize) {
         if ctx.present.contains(room) {
@@ -1064,12 +1288,20 @@ impl Core {
         await_reply(rx)
     }
 
-    /// The session handed `bytes` (as `delivery_size` counts) of deliveries to its
-    /// transport: they no longer count against its byte bound.
-    pub fn consumed(&self, ctx: &ConnContext, bytes: usize) {
-        if let (Some(me), true) = (&ctx.identity, ctx.attached) {
+    /// The stream `user` this connection carries: its own (bound) or a puppet's.
+    fn carried(ctx: &ConnContext, user: hub_plugin_sdk::UserId) -> Option<UserRef> {
+        match &ctx.identity {
+            Some(me) if ctx.attached && me.id == user => Some(me.clone()),
+            _ => ctx.puppets.iter().find(|p| p.id == user).cloned(),
+        }
+    }
+
+    /// The session handed `bytes` (as `delivery_size` counts) of `user`'s deliveries to
+    /// its transport: they no longer count against its byte bound.
+    pub fn consumed(&self, ctx: &ConnContext, user: hub_plugin_sdk::UserId, bytes: usize) {
+        if let Some(user) = Self::carried(ctx, user) {
             self.router.do_send(RouterMsg::ToUser {
-                user: me.clone(),
+                user,
                 msg: UserMsg::Consumed {
                     conn: ctx.conn,
                     bytes,
@@ -1078,11 +1310,11 @@ impl Core {
         }
     }
 
-    /// The session wrote its last backlog page and wants the next.
-    pub fn more_backlog(&self, ctx: &ConnContext) {
-        if let (Some(me), true) = (&ctx.identity, ctx.attached) {
+    /// The session wrote the last backlog page of `user`'s stream and wants the next.
+    pub fn more_backlog(&self, ctx: &ConnContext, user: hub_plugin_sdk::UserId) {
+        if let Some(user) = Self::carried(ctx, user) {
             self.router.do_send(RouterMsg::ToUser {
-                user: me.clone(),
+                user,
                 msg: UserMsg::MoreBacklog { conn: ctx.conn },
             });
         }
@@ -1124,6 +1356,17 @@ impl Core {
             });
         }
         ctx.attached = false;
+        for puppet in ctx.puppets.drain(..) {
+            self.router.do_send(RouterMsg::ToUser {
+                user: puppet,
+                msg: UserMsg::Detach { conn: ctx.conn },
+            });
+        }
+        if let Ok(mut services) = self.services.lock() {
+            for sessions in services.values_mut() {
+                sessions.retain(|(conn, _)| *conn != ctx.conn);
+            }
+        }
         for room in ctx.present.drain(..) {
             self.router.do_send(RouterMsg::ToRoom {
                 room,

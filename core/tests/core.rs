@@ -105,7 +105,7 @@ async fn next_event(core: &Core, conn: &mut Conn) -> HubEvent {
             .expect("recorder alive");
         match msg {
             SessionMsg::Event(event) => return event,
-            SessionMsg::PageDone => core.more_backlog(&conn.ctx),
+            SessionMsg::PageDone { user } => core.more_backlog(&conn.ctx, user),
         }
     }
 }
@@ -600,7 +600,7 @@ async fn a_session_that_does_not_consume_is_dropped_at_the_byte_bound_and_loses_
             next_event(&core, &mut b2).await,
             HubEvent::Deliver(_)
         ));
-        core.consumed(&b2.ctx, 4256);
+        core.consumed(&b2.ctx, bob.id, 4256);
     }
 }
 
@@ -928,4 +928,158 @@ async fn resume_positions_notices_history_pages_and_plugin_values() {
         native: "nobody".into(),
     };
     assert_eq!(run(&core, &mut a, find).await, Err(CoreError::NoSuchUser));
+}
+
+#[actix_rt::test]
+async fn puppets_carry_their_streams_sends_happen_once_and_signals_reach_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = start_core(dir.path());
+    // The bridge connection (plugin "test") and a puppet of its namespace.
+    let mut bridge = conn(1);
+    let alias = Op::Alias {
+        namespace: "test".into(),
+        native: "10.0.0.9:8000".into(),
+        handles: vec!["10.0.0.9:8000".into()],
+    };
+    let Answer::User(remote) = run(&core, &mut bridge, alias).await.unwrap() else {
+        panic!("alias");
+    };
+    let mut a = conn(2);
+    let alice = signup(&core, &mut a, "alice").await;
+    run(&core, &mut a, Op::Authenticate { user: alice.id })
+        .await
+        .unwrap();
+    // Not a puppet of this plugin: refused.
+    assert_eq!(
+        run(&core, &mut bridge, Op::Puppet { user: alice.id }).await,
+        Err(CoreError::Forbidden)
+    );
+    let say = |text: &str| Op::Send {
+        to: Address::User(remote.id),
+        content: Content::Text(text.into()),
+    };
+    run(&core, &mut a, say("stored first")).await.unwrap();
+    let Answer::Bound { cursor, .. } = run(&core, &mut bridge, Op::Puppet { user: remote.id })
+        .await
+        .unwrap()
+    else {
+        panic!("puppet");
+    };
+    assert_eq!(cursor, Seq(0));
+    run(&core, &mut a, say("live")).await.unwrap();
+    for want in [1, 2] {
+        match next_event(&core, &mut bridge).await {
+            HubEvent::PuppetDeliver { user, delivery } => {
+                assert_eq!(user, remote.id);
+                assert_eq!(delivery.seq, Seq(want));
+            }
+            other => panic!("expected a puppet delivery, got {other:?}"),
+        }
+    }
+    // A puppet does not make its user online.
+    let status = run(
+        &core,
+        &mut a,
+        Op::Status {
+            users: vec![remote.id],
+        },
+    )
+    .await;
+    assert_eq!(
+        status,
+        Ok(Answer::Statuses(vec![hub_plugin_sdk::UserStatus::Offline(
+            remote.id
+        )]))
+    );
+    let ack = Op::PuppetAck {
+        user: remote.id,
+        through: Seq(2),
+    };
+    run(&core, &mut bridge, ack).await.unwrap();
+    let page = Op::PuppetHistory {
+        user: remote.id,
+        before: Seq(u64::MAX),
+        limit: 10,
+    };
+    let Ok(Answer::PuppetPage { page, .. }) = run(&core, &mut bridge, page).await else {
+        panic!("page");
+    };
+    assert_eq!(page.len(), 2);
+
+    // The puppet writes to alice at most once per key.
+    let once = |text: &str| Op::SendOnce {
+        key: b"net/1".to_vec(),
+        from: Some(remote.id),
+        to: Address::User(alice.id),
+        content: Content::Text(text.into()),
+    };
+    let mut reader = conn(3);
+    bind(&core, &mut reader, &alice).await;
+    let first = run(&core, &mut bridge, once("hello")).await.unwrap();
+    let again = run(&core, &mut bridge, once("hello again")).await.unwrap();
+    assert_eq!(first, again, "a repeat is answered with the first event");
+    match next_event(&core, &mut reader).await {
+        HubEvent::Deliver(d) => assert_eq!(d.event.from.id, remote.id),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    quiet(&mut reader).await;
+    // Into a room it is not in: it becomes a member.
+    let room_once = Op::SendOnce {
+        key: b"net/2".to_vec(),
+        from: Some(remote.id),
+        to: Address::Room("lobby".into()),
+        content: Content::Text("hi room".into()),
+    };
+    run(
+        &core,
+        &mut a,
+        Op::JoinRoom {
+            room: "lobby".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(run(&core, &mut bridge, room_once.clone()).await.is_ok());
+    assert!(run(&core, &mut bridge, room_once).await.is_ok());
+    let members = run(
+        &core,
+        &mut a,
+        Op::RoomMembers {
+            room: "lobby".into(),
+        },
+    )
+    .await;
+    let Ok(Answer::Members { members, .. }) = members else {
+        panic!("members");
+    };
+    assert!(members.iter().any(|m| m.id == remote.id));
+    let history = Op::RoomHistory {
+        room: "lobby".into(),
+        before: Seq(u64::MAX),
+        limit: 10,
+    };
+    let Ok(Answer::History(page)) = run(&core, &mut a, history).await else {
+        panic!("history");
+    };
+    assert_eq!(page.len(), 1, "once in the room's history");
+
+    // A signal reaches the plugin's service session, not other sessions.
+    let mut service = conn(4);
+    core.register_service("test", service.ctx.conn, service_addr(&service));
+    let signal = Op::Signal {
+        data: b"seen".to_vec(),
+    };
+    run(&core, &mut bridge, signal).await.unwrap();
+    match next_event(&core, &mut service).await {
+        HubEvent::Signal { data } => assert_eq!(data, b"seen"),
+        other => panic!("expected the signal, got {other:?}"),
+    }
+}
+
+/// The delivery address of a test connection.
+fn service_addr(c: &Conn) -> hub_core::SessionAddr {
+    c.ctx
+        .addr
+        .clone()
+        .expect("test connections have an address")
 }

@@ -83,6 +83,12 @@ pub struct Limits {
     pub ws_idle_secs: u64,
     /// HTTP plugin request time limit, seconds.
     pub http_request_secs: u64,
+    /// Plugins' outbound HTTP requests in flight at once, hub-wide.
+    pub fetch_in_flight: usize,
+    /// Longest time an outbound request may take, milliseconds.
+    pub fetch_timeout_ms: u64,
+    /// Largest response body of an outbound request, bytes.
+    pub fetch_max_body: usize,
 }
 
 /// TLS settings.
@@ -185,6 +191,9 @@ impl HubConfig {
         }
         if raw.limits.backlog_page == 0 || raw.limits.backlog_page * 2 > raw.limits.session_queue {
             bail!("limits.backlog_page must be between 1 and half of limits.session_queue");
+        }
+        if raw.limits.fetch_in_flight == 0 || raw.limits.fetch_timeout_ms == 0 {
+            bail!("limits.fetch_in_flight and limits.fetch_timeout_ms must be at least 1");
         }
         if raw.limits.ws_ping_secs == 0 || raw.limits.ws_idle_secs <= raw.limits.ws_ping_secs {
             bail!("limits.ws_idle_secs must be greater than limits.ws_ping_secs (> 0)");

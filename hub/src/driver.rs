@@ -50,8 +50,9 @@ pub struct Driver {
     closed_fed: bool,
     reported_user: bool,
     info: SessionInfo,
-    /// Delivery bytes handed to the transport and not yet reported to the core.
-    unreported: usize,
+    /// Delivery bytes handed to the transport and not yet reported to the core, per
+    /// stream carried (the session's own, puppets').
+    unreported: std::collections::HashMap<hub_plugin_sdk::UserId, usize>,
     /// The same for the pushes of each room the session is present in.
     room_unreported: Vec<(hub_plugin_sdk::RoomRef, usize)>,
 }
@@ -95,7 +96,7 @@ impl Driver {
             span,
             closed_fed: false,
             reported_user: false,
-            unreported: 0,
+            unreported: std::collections::HashMap::new(),
             room_unreported: Vec::new(),
         })
     }
@@ -112,6 +113,16 @@ impl Driver {
             Some(addr.clone()),
         );
         self.conn.addr = Some(addr);
+    }
+
+    /// Counts `bytes` of `user`'s stream as handed on; reports them in steps.
+    fn stream_consumed(&mut self, user: hub_plugin_sdk::UserId, bytes: usize) {
+        let unreported = self.unreported.entry(user).or_insert(0);
+        *unreported += bytes;
+        if *unreported >= REPORT_STEP {
+            self.hub.core.consumed(&self.conn, user, *unreported);
+            *unreported = 0;
+        }
     }
 
     /// Counts `bytes` of a room's pushes as handed on; reports them in steps.
@@ -230,6 +241,14 @@ where
                 }
             }
             Output::Command(command) => run_command(act, ctx, command),
+            Output::Fetch(request) => {
+                if !closing {
+                    let limits = act.driver().hub.fetch.clone();
+                    ctx.spawn(crate::fetch::fetch(limits, request).into_actor(act).map(
+                        |(id, result), act, ctx| feed(act, ctx, Input::Fetched { id, result }),
+                    ));
+                }
+            }
             Output::Close(reason) => {
                 if !closing {
                     act.close(ctx, reason);
@@ -299,11 +318,13 @@ where
             match &event {
                 HubEvent::Deliver(delivery) => {
                     let driver = act.driver();
-                    driver.unreported += hub_core::delivery_size(delivery);
-                    if driver.unreported >= REPORT_STEP {
-                        driver.hub.core.consumed(&driver.conn, driver.unreported);
-                        driver.unreported = 0;
+                    if let Some(me) = driver.conn.identity.as_ref().map(|me| me.id) {
+                        driver.stream_consumed(me, hub_core::delivery_size(delivery));
                     }
+                }
+                HubEvent::PuppetDeliver { user, delivery } => {
+                    act.driver()
+                        .stream_consumed(*user, hub_core::delivery_size(delivery));
                 }
                 HubEvent::RoomDeliver(delivery) => {
                     if let hub_plugin_sdk::Target::Room(room) = &delivery.event.to {
@@ -315,11 +336,11 @@ where
             }
             feed(act, ctx, Input::Event(event))
         }
-        SessionMsg::PageDone => {
+        SessionMsg::PageDone { user } => {
             let driver = act.driver();
-            // MoreBacklog resets the core's count for this session.
-            driver.unreported = 0;
-            driver.hub.core.more_backlog(&driver.conn);
+            // MoreBacklog resets the core's count for this stream.
+            driver.unreported.remove(&user);
+            driver.hub.core.more_backlog(&driver.conn, user);
         }
     }
 }

@@ -110,6 +110,7 @@ pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) -> anyho
     let mut running = crate::listeners::start(hub.clone(), tls)?;
     let (admin, admin_addr) = crate::admin::start(hub.clone())?;
     hub.ready.store(true, Relaxed);
+    crate::service::start(hub.clone());
     tracing::info!(
         admin = %admin_addr,
         plugins = hub.plugins.len(),

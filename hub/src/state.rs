@@ -91,11 +91,18 @@ pub struct HubState {
     pub ready: AtomicBool,
     /// Loaded plugins.
     pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// What plugins' outbound requests obey.
+    pub fetch: crate::fetch::FetchLimits,
 }
 
 impl HubState {
     /// New state.
     pub fn new(core: Core, config: HubConfig, plugins: Vec<Arc<LoadedPlugin>>) -> Self {
+        let fetch = crate::fetch::FetchLimits {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.fetch_in_flight)),
+            max_timeout: std::time::Duration::from_millis(config.limits.fetch_timeout_ms),
+            max_body: config.limits.fetch_max_body,
+        };
         HubState {
             core,
             config,
@@ -103,6 +110,7 @@ impl HubState {
             next_conn: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
+            fetch,
             plugins,
         }
     }

@@ -178,6 +178,7 @@ impl CallActor {
                     event,
                     skip_conn: None,
                     reply: Some(tx),
+                    dedup: None,
                 },
             });
         }

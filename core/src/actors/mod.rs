@@ -23,7 +23,7 @@ use crate::accounts::AccountPolicy;
 use crate::metrics::Metrics;
 use crate::store::Storage;
 use actix::prelude::*;
-use hub_plugin_sdk::{ConnId, CoreError, EventRecord, HubEvent, Seq, UserId, UserRef};
+use hub_plugin_sdk::{ConnId, CoreError, EventId, EventRecord, HubEvent, Seq, UserId, UserRef};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -87,16 +87,29 @@ pub struct Shared {
 pub enum SessionMsg {
     /// Feed this to the plugin session.
     Event(HubEvent),
-    /// The last backlog page has been sent; answer with [`UserMsg::MoreBacklog`] once it
-    /// is written (flow control: one page in flight per session).
-    PageDone,
+    /// The last backlog page of `user`'s stream (the session's own, or a puppet's) has
+    /// been sent; answer with [`UserMsg::MoreBacklog`] once it is written (flow control:
+    /// one page in flight per session and stream).
+    PageDone {
+        /// Whose stream.
+        user: UserId,
+    },
 }
 
 /// A connection actor's address as the core holds it.
 pub type SessionAddr = Recipient<SessionMsg>;
 
-/// Reply channel for an append: resolved with the event's seq once it is durable.
-pub type AppendReply = oneshot::Sender<Result<Seq, CoreError>>;
+/// What an append stored (or, for a repeated idempotency key, what it had stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Position in the stream.
+    pub seq: Seq,
+    /// The event stored there.
+    pub event: EventId,
+}
+
+/// Reply channel for an append: resolved once the event is durable.
+pub type AppendReply = oneshot::Sender<Result<Appended, CoreError>>;
 
 /// Messages to a user actor (always through the router).
 // Most traffic is `Append`, the large variant: boxing it would allocate per event.
@@ -111,6 +124,9 @@ pub enum UserMsg {
         skip_conn: Option<ConnId>,
         /// Answered once durable.
         reply: Option<AppendReply>,
+        /// Store at most once per this key in the stream (a repeat is answered with the
+        /// first event and stores nothing).
+        dedup: Option<Vec<u8>>,
     },
     /// Attach a session for delivery and presence.
     Attach {
@@ -120,6 +136,9 @@ pub enum UserMsg {
         exclusive: bool,
         /// Start after this position (proof of receipt up to it) instead of the cursor.
         resume_after: Option<Seq>,
+        /// A puppet: deliveries are tagged with the user, and it does not count for
+        /// presence or exclusive binds.
+        puppet: bool,
         /// Its address.
         addr: SessionAddr,
         /// Answered with the delivery cursor.
@@ -234,7 +253,7 @@ pub(crate) fn make_event(
 
 /// Waits for every append reply; the first failure wins.
 pub(crate) async fn all_stored(
-    replies: Vec<oneshot::Receiver<Result<Seq, CoreError>>>,
+    replies: Vec<oneshot::Receiver<Result<Appended, CoreError>>>,
 ) -> Result<(), CoreError> {
     for reply in replies {
         reply

@@ -16,6 +16,7 @@
 
 use super::router::{Router, RouterMsg};
 use super::{SessionAddr, SessionMsg, Shared, ToUserActor, UserMsg};
+use crate::store::Once;
 use actix::prelude::*;
 use hub_plugin_sdk::{ConnId, CoreError, Delivery, EventRecord, HubEvent, Seq, UserRef};
 use std::collections::VecDeque;
@@ -43,6 +44,9 @@ struct SessionSlot {
     page_in_flight: bool,
     /// Bytes pushed and not yet reported consumed (`delivery_size`).
     queued_bytes: usize,
+    /// A bridge carrying this stream for a puppet: deliveries are tagged with the user;
+    /// it does not make the user online or block an exclusive bind.
+    puppet: bool,
 }
 
 /// The user actor.
@@ -86,14 +90,37 @@ impl UserActor {
         event: EventRecord,
         skip_conn: Option<ConnId>,
         reply: Option<super::AppendReply>,
+        dedup: Option<Vec<u8>>,
     ) {
         let seq = Seq(self.last_seq.0 + 1);
-        if let Err(e) = self.shared.store.append(self.user.id, seq, &event) {
-            tracing::error!(user = %self.user.id, error = %e, "storing an event failed");
-            if let Some(reply) = reply {
-                let _ = reply.send(Err(CoreError::Internal(e.to_string())));
+        let store = &self.shared.store;
+        let stored = match &dedup {
+            Some(key) => store.append_once(self.user.id, seq, &event, key),
+            None => store
+                .append(self.user.id, seq, &event)
+                .map(|()| Once::Stored),
+        };
+        match stored {
+            Err(e) => {
+                tracing::error!(user = %self.user.id, error = %e, "storing an event failed");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(CoreError::Internal(e.to_string())));
+                }
+                return;
             }
-            return;
+            Ok(Once::Duplicate(seq, event)) => {
+                // Stored before: answer as the first time, once that is durable too (a
+                // flush now covers every earlier write).
+                if let Some(reply) = reply {
+                    let durable = store.durable();
+                    actix::spawn(async move {
+                        let result = durable.await.map_err(CoreError::Internal);
+                        let _ = reply.send(result.map(|()| super::Appended { seq, event }));
+                    });
+                }
+                return;
+            }
+            Ok(Once::Stored) => {}
         }
         self.last_seq = seq;
         self.shared.metrics.stored.fetch_add(1, Relaxed);
@@ -132,7 +159,10 @@ impl UserActor {
             self.shared.metrics.pending_durable.fetch_sub(1, Relaxed);
             self.durable_through = done.seq;
             if let Some(reply) = done.reply {
-                let _ = reply.send(Ok(done.seq));
+                let _ = reply.send(Ok(super::Appended {
+                    seq: done.seq,
+                    event: done.event.id,
+                }));
             }
             let delivery = Delivery {
                 seq: done.seq,
@@ -149,7 +179,7 @@ impl UserActor {
                 }
                 slot.queued_bytes += super::delivery_size(&delivery);
                 let over = slot.queued_bytes > self.shared.settings.session_queue_bytes;
-                let message = SessionMsg::Event(HubEvent::Deliver(delivery.clone()));
+                let message = delivery_msg(slot.puppet, self.user.id, delivery.clone());
                 if over || !push(&self.shared, &slot.addr, message) {
                     slow.push(slot.conn);
                 }
@@ -195,7 +225,7 @@ impl UserActor {
             }
             slot.sent_through = delivery.seq;
             slot.queued_bytes += super::delivery_size(&delivery);
-            let message = SessionMsg::Event(HubEvent::Deliver(delivery));
+            let message = delivery_msg(slot.puppet, self.user.id, delivery);
             if !push(&self.shared, &slot.addr, message) {
                 ok = false;
                 break;
@@ -203,7 +233,11 @@ impl UserActor {
         }
         if full && ok {
             slot.page_in_flight = true;
-            ok &= push(&self.shared, &slot.addr, SessionMsg::PageDone);
+            ok &= push(
+                &self.shared,
+                &slot.addr,
+                SessionMsg::PageDone { user: self.user.id },
+            );
         } else {
             // Caught up with everything durable; later events are pushed as they land.
             slot.live = true;
@@ -211,6 +245,11 @@ impl UserActor {
         if !ok {
             self.drop_slow(conn);
         }
+    }
+
+    /// Sessions that make the user online (not bridges carrying a puppet).
+    fn online_sessions(&self) -> usize {
+        self.sessions.iter().filter(|s| !s.puppet).count()
     }
 
     fn drop_slow(&mut self, conn: ConnId) {
@@ -222,7 +261,7 @@ impl UserActor {
             slot.addr.do_send(SessionMsg::Event(HubEvent::Kicked {
                 reason: "too slow reading events".into(),
             }));
-            if self.sessions.is_empty() {
+            if !slot.puppet && self.online_sessions() == 0 {
                 self.went_offline();
             }
         }
@@ -267,9 +306,21 @@ impl UserActor {
     }
 }
 
+/// The message that hands `delivery` to a slot: the session's own stream, or a puppet's.
+fn delivery_msg(puppet: bool, user: hub_plugin_sdk::UserId, delivery: Delivery) -> SessionMsg {
+    SessionMsg::Event(if puppet {
+        HubEvent::PuppetDeliver { user, delivery }
+    } else {
+        HubEvent::Deliver(delivery)
+    })
+}
+
 /// Pushes a message to a session without waiting; false if its queue is full or gone.
 fn push(shared: &Shared, addr: &SessionAddr, msg: SessionMsg) -> bool {
-    if matches!(msg, SessionMsg::Event(HubEvent::Deliver(_))) {
+    if matches!(
+        msg,
+        SessionMsg::Event(HubEvent::Deliver(_) | HubEvent::PuppetDeliver { .. })
+    ) {
         shared.metrics.delivered.fetch_add(1, Relaxed);
     }
     match addr.try_send(msg) {
@@ -308,15 +359,17 @@ impl Handler<ToUserActor> for UserActor {
                 event,
                 skip_conn,
                 reply,
-            } => self.append(ctx, event, skip_conn, reply),
+                dedup,
+            } => self.append(ctx, event, skip_conn, reply, dedup),
             UserMsg::Attach {
                 conn,
                 exclusive,
                 resume_after,
+                puppet,
                 addr,
                 reply,
             } => {
-                if exclusive && self.sessions.iter().any(|s| s.conn != conn) {
+                if exclusive && self.sessions.iter().any(|s| s.conn != conn && !s.puppet) {
                     let _ = reply.send(Err(CoreError::AlreadyConnected));
                     return;
                 }
@@ -339,7 +392,7 @@ impl Handler<ToUserActor> for UserActor {
                     }
                     cursor = position;
                 }
-                let first = self.sessions.is_empty();
+                let first = !puppet && self.online_sessions() == 0;
                 self.sessions.retain(|s| s.conn != conn);
                 self.sessions.push(SessionSlot {
                     conn,
@@ -348,6 +401,7 @@ impl Handler<ToUserActor> for UserActor {
                     live: false,
                     page_in_flight: false,
                     queued_bytes: 0,
+                    puppet,
                 });
                 if first {
                     self.router.do_send(RouterMsg::SetOnline {
@@ -357,20 +411,24 @@ impl Handler<ToUserActor> for UserActor {
                     });
                 }
                 // Tell the new session which contacts are online right now.
-                self.router.do_send(RouterMsg::PresenceSnapshot {
-                    contacts: self.contact_ids(),
-                    to: addr,
-                });
+                if !puppet {
+                    self.router.do_send(RouterMsg::PresenceSnapshot {
+                        contacts: self.contact_ids(),
+                        to: addr,
+                    });
+                }
                 // Answer only now: whatever the client does after its bind is answered
                 // reaches the router after "online" did (FIFO mailbox, causal order).
                 let _ = reply.send(Ok(cursor));
                 self.pump(conn);
             }
             UserMsg::Detach { conn } => {
-                let before = self.sessions.len();
+                let before = self.online_sessions();
                 self.sessions.retain(|s| s.conn != conn);
-                if before > 0 && self.sessions.is_empty() {
+                if before > 0 && self.online_sessions() == 0 {
                     self.went_offline();
+                }
+                if self.sessions.is_empty() {
                     self.schedule_idle_check(ctx);
                 }
             }
@@ -410,7 +468,7 @@ impl Handler<ToUserActor> for UserActor {
             }
             UserMsg::Presence { contact, online } => {
                 let mut slow = Vec::new();
-                for slot in &self.sessions {
+                for slot in self.sessions.iter().filter(|s| !s.puppet) {
                     let event = HubEvent::Presence {
                         user: contact.clone(),
                         online,

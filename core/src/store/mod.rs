@@ -60,6 +60,15 @@ pub enum StoreError {
 /// Result alias for storage operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// What an append with an idempotency key did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Once {
+    /// The event is stored.
+    Stored,
+    /// The key was used before: nothing stored; the first event's position and id.
+    Duplicate(Seq, EventId),
+}
+
 /// A stored account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
@@ -176,6 +185,15 @@ pub trait Storage: Send + Sync + 'static {
     fn last_seq(&self, user: UserId) -> StoreResult<Seq>;
     /// Stores `event` at `seq` in `user`'s stream.
     fn append(&self, user: UserId, seq: Seq, event: &EventRecord) -> StoreResult<()>;
+    /// Like [`Storage::append`], at most once per `key` in `user`'s stream (atomically
+    /// with the event).
+    fn append_once(
+        &self,
+        user: UserId,
+        seq: Seq,
+        event: &EventRecord,
+        key: &[u8],
+    ) -> StoreResult<Once>;
     /// Up to `limit` events of `user`'s stream after `after`, up to and including `through`.
     fn events_after(
         &self,
@@ -202,6 +220,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Adds or removes a member; true if that changed anything.
     fn set_member(&self, room: RoomId, user: UserId, member: bool) -> StoreResult<bool>;
 
+    /// The namespace of the protocol identity a user was made for, if any.
+    fn alias_namespace(&self, user: UserId) -> StoreResult<Option<String>>;
     /// The user a protocol identity maps to (see [`Storage::create_alias_account`]).
     fn alias(&self, namespace: &str, native: &str) -> StoreResult<Option<UserId>>;
     /// Atomically: creates a key-less, password-less account with a fresh id and the
@@ -234,6 +254,14 @@ pub trait Storage: Send + Sync + 'static {
     fn room_last_seq(&self, room: RoomId) -> StoreResult<Seq>;
     /// Stores `event` at `seq` in the room's history.
     fn room_append(&self, room: RoomId, seq: Seq, event: &EventRecord) -> StoreResult<()>;
+    /// Like [`Storage::room_append`], at most once per `key` in the room's history.
+    fn room_append_once(
+        &self,
+        room: RoomId,
+        seq: Seq,
+        event: &EventRecord,
+        key: &[u8],
+    ) -> StoreResult<Once>;
     /// Up to `limit` events of a room's history before `before`, newest first.
     fn room_events_before(
         &self,

@@ -2,7 +2,7 @@
 
 use super::codec::{be_u64, decode, encode, pair_key};
 use super::commit::{CommitHandle, Durability, Durable, GroupCommit};
-use super::{Account, ContactPair, FileMeta, Storage, StoreError, StoreResult, TokenRecord};
+use super::{Account, ContactPair, FileMeta, Once, Storage, StoreError, StoreResult, TokenRecord};
 use crate::metrics::Metrics;
 use hub_plugin_sdk::{ContactState, Delivery, EventId, EventRecord, RoomId, Seq, UserId};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -37,6 +37,10 @@ pub struct SledStore {
     room_events: sled::Tree,
     /// `plugin 0x00 key` → value: plugins' own durable state.
     plugin_kv: sled::Tree,
+    /// user id → `namespace 0x00 native`: which identity an alias account stands for.
+    alias_of: sled::Tree,
+    /// `u|r ‖ id ‖ key` → `seq ‖ event id`: idempotency keys of user streams and rooms.
+    dedup: sled::Tree,
     /// Lock-free side of the group commit, used on the message path.
     commit: CommitHandle,
     /// The flusher thread, behind a Mutex only so that `close()` can stop it (never
@@ -105,6 +109,8 @@ impl SledStore {
             aliases: db.open_tree("aliases")?,
             room_events: db.open_tree("room_events")?,
             plugin_kv: db.open_tree("plugin_kv")?,
+            alias_of: db.open_tree("alias_of")?,
+            dedup: db.open_tree("dedup")?,
             commit,
             flusher: Mutex::new(Some(flusher)),
             data_file,
@@ -157,6 +163,42 @@ fn alias_key(namespace: &str, native: impl AsRef<[u8]>) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(native);
     key
+}
+
+/// Key of an idempotency key: scope (`u`ser or `r`oom), its id, the key.
+fn dedup_key(scope: u8, id: u64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.push(scope);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// Stores `event` under `event_key` in `tree` unless `key` is in `dedup`, atomically.
+fn once(
+    tree: &sled::Tree,
+    dedup: &sled::Tree,
+    key: Vec<u8>,
+    event_key: [u8; 16],
+    seq: Seq,
+    event: &EventRecord,
+) -> StoreResult<Once> {
+    let value = encode(event);
+    let mut mark = seq.0.to_be_bytes().to_vec();
+    mark.extend_from_slice(&event.id.0.to_be_bytes());
+    let result = (tree, dedup).transaction(|(tree, dedup)| {
+        if let Some(first) = dedup.get(&key)? {
+            let first_seq =
+                be_u64("dedup", &first, 0).map_err(ConflictableTransactionError::Abort)?;
+            let first_id =
+                be_u64("dedup", &first, 8).map_err(ConflictableTransactionError::Abort)?;
+            return Ok(Once::Duplicate(Seq(first_seq), EventId(first_id)));
+        }
+        tree.insert(&event_key[..], value.clone())?;
+        dedup.insert(&key[..], &mark[..])?;
+        Ok(Once::Stored)
+    });
+    unwrap_tx(result)
 }
 
 fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> StoreResult<T> {
@@ -552,8 +594,8 @@ impl Storage for SledStore {
             }
         };
         let id_key = id.to_be_bytes();
-        let result = (&self.aliases, &self.handles, &self.accounts).transaction(
-            |(aliases, handle_tree, accounts)| {
+        let result = (&self.aliases, &self.handles, &self.accounts, &self.alias_of).transaction(
+            |(aliases, handle_tree, accounts, alias_of)| {
                 let abort = ConflictableTransactionError::Abort;
                 if let Some(existing) = aliases.get(&key)? {
                     let existing = be_u64("aliases", &existing, 0).map_err(abort)?;
@@ -590,6 +632,7 @@ impl Storage for SledStore {
                 handle_tree.insert(handle.as_bytes(), &id_key[..])?;
                 accounts.insert(&id_key[..], encode(&account))?;
                 aliases.insert(&key[..], &id_key[..])?;
+                alias_of.insert(&id_key[..], &key[..])?;
                 Ok(account)
             },
         );
@@ -635,6 +678,47 @@ impl Storage for SledStore {
             entries.push((key[space..].to_vec(), value.to_vec()));
         }
         Ok(entries)
+    }
+
+    fn alias_namespace(&self, user: UserId) -> StoreResult<Option<String>> {
+        Ok(self.alias_of.get(user.0.to_be_bytes())?.map(|key| {
+            let end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+            String::from_utf8_lossy(&key[..end]).into_owned()
+        }))
+    }
+
+    fn append_once(
+        &self,
+        user: UserId,
+        seq: Seq,
+        event: &EventRecord,
+        key: &[u8],
+    ) -> StoreResult<Once> {
+        once(
+            &self.events,
+            &self.dedup,
+            dedup_key(b'u', user.0, key),
+            pair_key(user.0, seq.0),
+            seq,
+            event,
+        )
+    }
+
+    fn room_append_once(
+        &self,
+        room: RoomId,
+        seq: Seq,
+        event: &EventRecord,
+        key: &[u8],
+    ) -> StoreResult<Once> {
+        once(
+            &self.room_events,
+            &self.dedup,
+            dedup_key(b'r', room.0, key),
+            pair_key(room.0, seq.0),
+            seq,
+            event,
+        )
     }
 
     fn room_last_seq(&self, room: RoomId) -> StoreResult<Seq> {

@@ -308,3 +308,52 @@ fn plugin_values_are_kept_per_plugin_paged_by_key_and_survive_a_restart() {
     store.put_plugin_value("p2p", b"c\x00", None).unwrap();
     assert_eq!(store.plugin_value("p2p", b"c\x00").unwrap(), None);
 }
+
+#[test]
+fn appends_with_a_key_happen_once_per_stream_and_aliases_know_their_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let user = UserId(4);
+    let first = event(10, "once".into());
+    assert_eq!(
+        store.append_once(user, Seq(1), &first, b"k1").unwrap(),
+        Once::Stored
+    );
+    let again = event(11, "once again".into());
+    assert_eq!(
+        store.append_once(user, Seq(2), &again, b"k1").unwrap(),
+        Once::Duplicate(Seq(1), EventId(10))
+    );
+    assert_eq!(
+        store.last_seq(user).unwrap(),
+        Seq(1),
+        "nothing stored the second time"
+    );
+    // The same key in another stream or a room is another key.
+    assert_eq!(
+        store.append_once(UserId(5), Seq(1), &again, b"k1").unwrap(),
+        Once::Stored
+    );
+    assert_eq!(
+        store
+            .room_append_once(RoomId(4), Seq(1), &again, b"k1")
+            .unwrap(),
+        Once::Stored
+    );
+    let made = store
+        .create_alias_account("p2p", "10.0.0.1:8000", &["10.0.0.1:8000".to_owned()], 1)
+        .unwrap();
+    block_on(store.durable()).unwrap();
+    drop(store);
+    store = open(dir.path());
+    assert_eq!(
+        store.append_once(user, Seq(2), &again, b"k1").unwrap(),
+        Once::Duplicate(Seq(1), EventId(10)),
+        "keys survive a restart"
+    );
+    assert_eq!(
+        store.alias_namespace(made.id).unwrap().as_deref(),
+        Some("p2p")
+    );
+    assert_eq!(store.alias_namespace(UserId(4)).unwrap(), None);
+}

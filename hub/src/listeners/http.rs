@@ -27,6 +27,7 @@ pub async fn serve(
     hub: Arc<HubState>,
     endpoint: Arc<Endpoint>,
     peer: String,
+    local: String,
     request: HttpRequest,
 ) -> HttpResponse {
     let counters = &endpoint.plugin.counters;
@@ -36,6 +37,7 @@ pub async fn serve(
         role: endpoint.role.name.clone(),
         transport: endpoint.role.transport,
         peer,
+        local,
     };
     let span = tracing::info_span!("request", id = info.conn.0, plugin = %endpoint.plugin.name(), peer = %info.peer);
     let mut session = match endpoint.plugin.instance.open(&info) {
@@ -101,6 +103,14 @@ pub async fn serve(
                     Output::Close(reason) => {
                         span.in_scope(|| tracing::debug!(reason = %reason.reason, "plugin closed without a response"));
                         return plain(400, &reason.reason);
+                    }
+                    Output::Fetch(fetch) => {
+                        // A request session lives for one answer: outbound requests belong
+                        // to the plugin's service session.
+                        let _ = tx.send(Input::Fetched {
+                            id: fetch.id,
+                            result: Err(hub_plugin_sdk::FetchError::Unsupported),
+                        });
                     }
                     Output::Log { level, message } => {
                         span.in_scope(|| crate::driver::log_plugin_line(level, &message))

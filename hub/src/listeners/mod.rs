@@ -80,6 +80,7 @@ async fn dispatch(
                 role: endpoint.role.name.clone(),
                 transport: Transport::WebSocket,
                 peer,
+                local: local.to_string(),
             };
             let driver = match Driver::open(hub, endpoint.clone(), info) {
                 Ok(driver) => driver,
@@ -133,9 +134,11 @@ async fn dispatch(
                 headers,
                 body: body.to_vec(),
             };
-            http::serve(hub, endpoint, peer, plugin_request).await
+            http::serve(hub, endpoint, peer, local.to_string(), plugin_request).await
         }
-        Transport::Tcp | Transport::Tls => HttpResponse::InternalServerError().finish(),
+        Transport::Tcp | Transport::Tls | Transport::Service => {
+            HttpResponse::InternalServerError().finish()
+        }
     }
 }
 
@@ -185,6 +188,13 @@ pub fn start(hub: Arc<HubState>, tls: Option<TlsAcceptor>) -> anyhow::Result<Run
                         None,
                         stream_workers.clone(),
                     ));
+                }
+                Transport::Service => {
+                    anyhow::bail!(
+                        "plugin {} role {}: a role cannot be a service (use Manifest::service)",
+                        plugin.name(),
+                        role.name
+                    );
                 }
                 Transport::Tls => {
                     let acceptor = tls

@@ -185,6 +185,10 @@ pub async fn accept_loop(
                 role: endpoint.role.name.clone(),
                 transport: endpoint.role.transport,
                 peer: peer.to_string(),
+                local: socket
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
             };
             let driver = match Driver::open(hub.clone(), endpoint.clone(), info) {
                 Ok(driver) => driver,

@@ -84,6 +84,7 @@ impl Protocol for Cchat {
                 max_frame: 64 * 1024,
             }],
             keys: vec![],
+            service: false,
         }
     }
 

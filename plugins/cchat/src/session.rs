@@ -383,7 +383,10 @@ impl CchatSession {
             }
             HubEvent::Shutdown => self.close_with(ErrCode::Shutdown, "server shutting down", 1001),
             // cchat identities never bind a stream: nothing is delivered or shown online.
-            HubEvent::Deliver(_) | HubEvent::Presence { .. } => {}
+            HubEvent::Deliver(_)
+            | HubEvent::Presence { .. }
+            | HubEvent::PuppetDeliver { .. }
+            | HubEvent::Signal { .. } => {}
         }
     }
 
@@ -475,7 +478,7 @@ impl Session for CchatSession {
                 );
                 self.state = State::Closed;
             }
-            Input::Bytes(_) | Input::Request(_) => self.log(
+            Input::Bytes(_) | Input::Request(_) | Input::Fetched { .. } => self.log(
                 LogLevel::Error,
                 "cchat speaks WebSocket only; input dropped",
             ),

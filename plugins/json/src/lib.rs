@@ -69,6 +69,7 @@ impl Protocol for Json {
                 max_frame: 64 * 1024,
             }],
             keys: vec![],
+            service: false,
         }
     }
 

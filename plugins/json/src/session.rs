@@ -607,7 +607,11 @@ impl JsonSession {
             }
             // JSON clients are room members, never merely present: rooms reach them
             // through their stream.
-            HubEvent::RoomDeliver(_) | HubEvent::KeyStep { .. } | HubEvent::RoomKicked { .. } => {}
+            HubEvent::RoomDeliver(_)
+            | HubEvent::KeyStep { .. }
+            | HubEvent::RoomKicked { .. }
+            | HubEvent::PuppetDeliver { .. }
+            | HubEvent::Signal { .. } => {}
         }
     }
 
@@ -733,7 +737,7 @@ impl Session for JsonSession {
                 // acknowledged by a pong is delivered again on the next subscribe.
                 self.closed = true;
             }
-            Input::Bytes(_) | Input::Request(_) => {
+            Input::Bytes(_) | Input::Request(_) | Input::Fetched { .. } => {
                 self.log(LogLevel::Error, "JSON plugin fed a non-WebSocket input");
                 self.close(1011, "internal error");
             }

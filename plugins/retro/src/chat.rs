@@ -582,7 +582,11 @@ impl ChatSession {
                 self.io.close("dropped by the server");
             }
             // Retro has no rooms of live members; it never enters one.
-            HubEvent::RoomDeliver(_) | HubEvent::KeyStep { .. } | HubEvent::RoomKicked { .. } => {}
+            HubEvent::RoomDeliver(_)
+            | HubEvent::KeyStep { .. }
+            | HubEvent::RoomKicked { .. }
+            | HubEvent::PuppetDeliver { .. }
+            | HubEvent::Signal { .. } => {}
         }
     }
 
@@ -651,7 +655,10 @@ impl Session for ChatSession {
                 }
             }
             Input::Closed { .. } => self.io.closed = true,
-            Input::TooLarge { .. } | Input::Message(_) | Input::Request(_) => {
+            Input::TooLarge { .. }
+            | Input::Message(_)
+            | Input::Request(_)
+            | Input::Fetched { .. } => {
                 self.io.log(
                     LogLevel::Error,
                     "Retro plugin fed a non-stream input".into(),

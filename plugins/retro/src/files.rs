@@ -294,9 +294,10 @@ impl Session for FileSession {
                 }
             }
             Input::Closed { .. } => self.io.closed = true,
-            Input::TooLarge { .. } | Input::Message(_) | Input::Request(_) => {
-                self.io.close("internal error")
-            }
+            Input::TooLarge { .. }
+            | Input::Message(_)
+            | Input::Request(_)
+            | Input::Fetched { .. } => self.io.close("internal error"),
         }
     }
 

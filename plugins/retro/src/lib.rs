@@ -98,6 +98,7 @@ impl Protocol for Retro {
                 },
             ],
             keys: vec![],
+            service: false,
         }
     }
 

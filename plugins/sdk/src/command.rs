@@ -310,6 +310,60 @@ pub enum Op {
         /// Room name without `#`.
         room: String,
     },
+    /// Carry `user`'s stream on this connection as well as its own identity's: its events
+    /// arrive as [`HubEvent::PuppetDeliver`] (stored ones after its cursor first, then live
+    /// ones), acknowledged with [`Op::PuppetAck`]. Only for users behind this plugin's
+    /// own aliases ([`Op::Alias`] with the plugin's name as the namespace): the bridge's
+    /// puppets. Answer: [`Answer::Bound`]; [`CoreError::Forbidden`] for other users.
+    Puppet {
+        /// The puppet.
+        user: UserId,
+    },
+    /// Stop carrying a puppet's stream (it is delivered again from its cursor on the next
+    /// [`Op::Puppet`]). Answer: [`Answer::Done`].
+    Unpuppet {
+        /// The puppet.
+        user: UserId,
+    },
+    /// Proof of receipt for a puppet's stream (see [`Op::Ack`]). No answer.
+    PuppetAck {
+        /// The puppet.
+        user: UserId,
+        /// Last position received.
+        through: Seq,
+    },
+    /// A page of a puppet's stream (see [`Op::History`]) and its delivery cursor.
+    /// Answer: [`Answer::PuppetPage`]; [`CoreError::Forbidden`] for other users.
+    PuppetHistory {
+        /// The puppet.
+        user: UserId,
+        /// Position to page back from (`Seq(u64::MAX)`: the newest).
+        before: Seq,
+        /// Page size (capped at 1000).
+        limit: u32,
+    },
+    /// [`Op::Send`] at most once per `key` and recipient (a user's stream or a room): a
+    /// repeat is answered with the first one's event and changes nothing. As the acting
+    /// user, or as `from`, one of this plugin's own alias users (a puppet writing). A
+    /// puppet writing to a room it is not in becomes a member. Answer:
+    /// [`Answer::Accepted`].
+    SendOnce {
+        /// The idempotency key (at most 256 bytes).
+        key: Vec<u8>,
+        /// The author, if not the acting user.
+        from: Option<UserId>,
+        /// User or room.
+        to: Address,
+        /// The content.
+        content: Content,
+    },
+    /// Sends `data` to this plugin's service session ([`crate::Manifest::service`]) as
+    /// [`HubEvent::Signal`]: how a request session tells the background one that
+    /// something changed. No answer.
+    Signal {
+        /// What to tell (at most 4096 bytes).
+        data: Vec<u8>,
+    },
     /// Be present in a room through this connection, as the acting user, until
     /// [`Op::ExitRoom`] or the connection closes: the room's messages are pushed to this
     /// session as [`HubEvent::RoomDeliver`] (the session's own included), and, with
@@ -422,6 +476,13 @@ pub enum Answer {
     Entries(Vec<(Vec<u8>, Vec<u8>)>),
     /// A page of a stream or a room's history, newest first.
     History(Vec<Delivery>),
+    /// A page of a puppet's stream, newest first, and its delivery cursor.
+    PuppetPage {
+        /// The page.
+        page: Vec<Delivery>,
+        /// Everything up to it is proven received.
+        cursor: Seq,
+    },
     /// Who is in a room.
     Members {
         /// Stored members.
@@ -592,6 +653,19 @@ pub enum HubEvent {
         room: RoomRef,
         /// The step.
         step: KeyStep,
+    },
+    /// The next event of a puppet's stream ([`Op::Puppet`]). Acknowledge with
+    /// [`Op::PuppetAck`].
+    PuppetDeliver {
+        /// The puppet.
+        user: UserId,
+        /// The event.
+        delivery: Delivery,
+    },
+    /// Data a session of this plugin sent with [`Op::Signal`].
+    Signal {
+        /// The data.
+        data: Vec<u8>,
     },
     /// The session is no longer present in the room (it stalled the key negotiation, or
     /// read the room's messages too slowly).

@@ -23,8 +23,11 @@ pub struct SessionInfo {
     pub role: String,
     /// The transport of that role.
     pub transport: Transport,
-    /// Peer address, `ip:port`.
+    /// Peer address, `ip:port` (empty for a service session).
     pub peer: String,
+    /// The hub's own address of the connection, `ip:port` (for a service session: the
+    /// bound address of the plugin's first role).
+    pub local: String,
 }
 
 /// A whole WebSocket message.
@@ -87,6 +90,13 @@ pub enum Input {
         /// The limit that was exceeded.
         limit: u32,
     },
+    /// The answer to an [`Output::Fetch`] (or why there is none).
+    Fetched {
+        /// The request's id.
+        id: u64,
+        /// The response, whatever its status.
+        result: Result<HttpResponse, FetchError>,
+    },
     /// The transport is gone. `clean` is true for an orderly goodbye (WebSocket close
     /// frame, TCP FIN after the protocol's own goodbye), false for errors and resets.
     /// Outputs other than commands are ignored after this.
@@ -94,6 +104,41 @@ pub enum Input {
         /// Orderly close?
         clean: bool,
     },
+}
+
+/// An outbound HTTP request ([`Output::Fetch`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// Chosen by the plugin, echoed in [`Input::Fetched`].
+    pub id: u64,
+    /// Method, upper case.
+    pub method: String,
+    /// An `http://` URL.
+    pub url: String,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Give up after this long (the hub caps it).
+    pub timeout_ms: u64,
+    /// Send from this local IP address (a node known by its address must be seen
+    /// coming from it); `None`: whatever the system picks.
+    pub from_ip: Option<String>,
+}
+
+/// Why an outbound request has no response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchError {
+    /// No response in time.
+    Timeout,
+    /// The peer could not be reached (connection refused, reset...).
+    Unreachable(String),
+    /// The response was larger than the hub accepts.
+    TooLarge,
+    /// The request was malformed (bad URL...).
+    Invalid(String),
+    /// This kind of session cannot make outbound requests.
+    Unsupported,
 }
 
 /// Bytes for the client.
@@ -150,6 +195,10 @@ pub enum Output {
         /// Message.
         message: String,
     },
+    /// Ask the hub to make an outbound HTTP request (plain HTTP/1.1); the answer comes
+    /// back as [`Input::Fetched`] with the same id. The hub bounds the requests in flight
+    /// and their time.
+    Fetch(FetchRequest),
     /// End of this batch. `Some(deadline)` (on [`Now::mono_ms`]'s clock) asks for
     /// [`Input::Timeout`] at that time, replacing any earlier request; `None` cancels it.
     Timeout(Option<u64>),

@@ -47,6 +47,7 @@
 //!                 max_frame: 64 * 1024,
 //!             }],
 //!             keys: vec![],
+//!             service: false,
 //!         }
 //!     }
 //!     fn from_config(_config: &serde_json::Value) -> Result<Self, String> {
@@ -103,8 +104,8 @@ pub use event::{
 };
 pub use ids::{CallId, ConnId, CorrelationId, EventId, RoomId, Seq, UserId};
 pub use io::{
-    CloseReason, HttpRequest, HttpResponse, Input, LogLevel, Now, Output, SessionInfo, Transmit,
-    WsMessage,
+    CloseReason, FetchError, FetchRequest, HttpRequest, HttpResponse, Input, LogLevel, Now, Output,
+    SessionInfo, Transmit, WsMessage,
 };
 pub use manifest::{KeyKind, KeySpec, Manifest, Role, Transport};
 pub use plugin::{drive, Protocol, Session};

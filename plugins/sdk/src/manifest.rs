@@ -14,6 +14,8 @@ pub enum Transport {
     /// HTTP/1.1: one session per request ([`crate::Input::Request`]), answered with one
     /// [`crate::Transmit::Response`].
     Http,
+    /// No transport: the plugin's long-lived background session ([`Manifest::service`]).
+    Service,
 }
 
 /// One listener the plugin wants, e.g. Retro's `chat` and `file` servers.
@@ -47,6 +49,10 @@ pub struct Manifest {
     /// `name → PEM` (PKCS#8). Plugins touch no files; this is how they get a secret
     /// that outlives the process.
     pub keys: Vec<KeySpec>,
+    /// The plugin wants one long-lived background session, opened at start with
+    /// [`Transport::Service`] and no client (for work no connection carries: P2P's
+    /// pinging, retrying and relaying). If it closes or fails, the hub opens it again.
+    pub service: bool,
 }
 
 /// A key pair a plugin needs (see [`Manifest::keys`]).

@@ -15,6 +15,7 @@ pub fn session_info(transport: Transport) -> SessionInfo {
         role: "main".into(),
         transport,
         peer: "127.0.0.1:40000".into(),
+        local: "127.0.0.1:8000".into(),
     }
 }
 

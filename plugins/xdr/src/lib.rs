@@ -83,6 +83,7 @@ impl Protocol for Xdr {
                 name: SERVER_KEY.into(),
                 kind: KeyKind::Rsa2048,
             }],
+            service: false,
         }
     }
 

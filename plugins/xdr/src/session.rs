@@ -779,7 +779,11 @@ impl XdrSession {
             HubEvent::Kicked { reason } => {
                 self.fatal(close::SLOW_READER, &format!("too slow reading: {reason}"))
             }
-            HubEvent::RoomDeliver(_) | HubEvent::KeyStep { .. } | HubEvent::RoomKicked { .. } => {}
+            HubEvent::RoomDeliver(_)
+            | HubEvent::KeyStep { .. }
+            | HubEvent::RoomKicked { .. }
+            | HubEvent::PuppetDeliver { .. }
+            | HubEvent::Signal { .. } => {}
         }
     }
 
@@ -853,7 +857,7 @@ impl Session for XdrSession {
                 self.log(LogLevel::Warn, format!("message over {limit} bytes"));
                 self.state = State::Closed;
             }
-            Input::Bytes(_) | Input::Request(_) => {
+            Input::Bytes(_) | Input::Request(_) | Input::Fetched { .. } => {
                 self.log(LogLevel::Error, "XDR speaks WebSocket only; input dropped")
             }
             Input::Closed { .. } => self.state = State::Closed,

@@ -69,6 +69,10 @@ pub enum RoomMsg {
         content: Content,
         /// Answered with `Accepted` once every copy is durable.
         reply: RoomReply,
+        /// Post at most once per this key in the room's history.
+        dedup: Option<Vec<u8>>,
+        /// Make the sender a member if it is not one (a bridge's puppet writing).
+        join: bool,
     },
     /// A connection becomes present.
     Enter {
@@ -195,7 +199,7 @@ impl RoomActor {
         event: &EventRecord,
         except: UserId,
         skip_conn: Option<ConnId>,
-    ) -> Vec<oneshot::Receiver<Result<Seq, CoreError>>> {
+    ) -> Vec<oneshot::Receiver<Result<super::Appended, CoreError>>> {
         let mut replies = Vec::new();
         for member in self.members.values().filter(|m| m.id != except) {
             let (tx, rx) = oneshot::channel();
@@ -206,6 +210,7 @@ impl RoomActor {
                     event: event.clone(),
                     skip_conn,
                     reply: Some(tx),
+                    dedup: None,
                 },
             });
         }
@@ -262,6 +267,7 @@ impl RoomActor {
         from: UserRef,
         content: Content,
         reply: RoomReply,
+        dedup: Option<Vec<u8>>,
     ) {
         let except = from.id;
         let event = match make_event(
@@ -278,10 +284,29 @@ impl RoomActor {
             }
         };
         let seq = Seq(self.history_seq.0 + 1);
-        if let Err(e) = self.shared.store.room_append(self.room.id, seq, &event) {
-            tracing::error!(room = %self.room.id, error = %e, "storing room history failed");
-            let _ = reply.send(Err(CoreError::Internal(e.to_string())));
-            return;
+        let store = &self.shared.store;
+        let stored = match &dedup {
+            Some(key) => store.room_append_once(self.room.id, seq, &event, key),
+            None => store
+                .room_append(self.room.id, seq, &event)
+                .map(|()| crate::store::Once::Stored),
+        };
+        match stored {
+            Err(e) => {
+                tracing::error!(room = %self.room.id, error = %e, "storing room history failed");
+                let _ = reply.send(Err(CoreError::Internal(e.to_string())));
+                return;
+            }
+            Ok(crate::store::Once::Duplicate(_, event)) => {
+                // Posted before: answer as then, once durable; nobody is told again.
+                let durable = store.durable();
+                actix::spawn(async move {
+                    let result = durable.await.map_err(CoreError::Internal);
+                    let _ = reply.send(result.map(|()| Answer::Accepted { event }));
+                });
+                return;
+            }
+            Ok(crate::store::Once::Stored) => {}
         }
         self.history_seq = seq;
         self.shared.metrics.routed.fetch_add(1, Relaxed);
@@ -647,13 +672,35 @@ impl Handler<RoomMsg> for RoomActor {
                 origin,
                 content,
                 reply,
+                dedup,
+                join,
             } => {
                 let present = self.present.iter().any(|p| p.user.id == from.id);
                 if !self.members.contains_key(&from.id) && !present {
-                    let _ = reply.send(Err(CoreError::NotMember));
-                    return;
+                    if !join {
+                        let _ = reply.send(Err(CoreError::NotMember));
+                        return;
+                    }
+                    match self.shared.store.set_member(self.room.id, from.id, true) {
+                        Ok(_) => {
+                            self.members.insert(from.id, from.clone());
+                            let notice = RoomNotice::Joined;
+                            self.notice(
+                                ctx,
+                                origin.clone(),
+                                from.clone(),
+                                notice,
+                                Answer::Done,
+                                None,
+                            );
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(CoreError::Internal(e.to_string())));
+                            return;
+                        }
+                    }
                 }
-                self.post(ctx, origin, from, content, reply);
+                self.post(ctx, origin, from, content, reply, dedup);
             }
             RoomMsg::Enter {
                 user,

@@ -52,6 +52,7 @@ impl Protocol for Testkit {
                 role("http", Transport::Http, 7403),
             ],
             keys: vec![],
+            service: false,
         }
     }
 

@@ -28,6 +28,7 @@ impl Protocol for WrongAbi {
                 max_frame: 64,
             }],
             keys: vec![],
+            service: false,
         }
     }
 
