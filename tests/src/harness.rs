@@ -51,6 +51,13 @@ const PLUGINS: &[TestPlugin] = &[
         test_only: false,
     },
     TestPlugin {
+        krate: "hub-plugin-p2p",
+        file_stem: "libhub_plugin_p2p",
+        name: "p2p",
+        roles: &["main"],
+        test_only: false,
+    },
+    TestPlugin {
         krate: "hub-plugin-testkit",
         file_stem: "libhub_plugin_testkit",
         name: "testkit",
@@ -364,7 +371,32 @@ impl Hub {
         }
     }
 
-    /// Starts the hub again on the same data directory (new ephemeral ports).
+    /// From now on, restarts bind the listeners to the addresses they have now (not to
+    /// new ephemeral ports): for peers that know this hub by its address (P2P).
+    pub fn keep_addresses(&mut self) {
+        let mut pinned: Vec<(String, String)> = self
+            .listeners
+            .iter()
+            .map(|((plugin, role), addr)| {
+                (
+                    format!(
+                        "HUB__PLUGINS__{}__LISTEN__{}",
+                        plugin.to_uppercase(),
+                        role.to_uppercase()
+                    ),
+                    addr.to_string(),
+                )
+            })
+            .collect();
+        pinned.sort();
+        self.options
+            .env
+            .retain(|(key, _)| !pinned.iter().any(|(k, _)| k == key));
+        self.options.env.extend(pinned);
+    }
+
+    /// Starts the hub again on the same data directory (new ephemeral ports, unless
+    /// [`Hub::keep_addresses`] pinned them).
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
