@@ -6,5 +6,6 @@ pub mod cchat_client;
 pub mod harness;
 pub mod json_client;
 pub mod json_crypto;
+pub mod p2p_client;
 pub mod retro_client;
 pub mod xdr_client;

@@ -689,7 +689,11 @@ fn resume_delivers_missed_messages_once_in_order() {
     assert!(again.len() <= 21, "at most what was sent: {again:?}");
     if let Some(first) = again.first() {
         assert_consecutive(&again, first.order);
-        assert_eq!(again.last().map(|o| o.order), Some(last), "a tail: {again:?}");
+        assert_eq!(
+            again.last().map(|o| o.order),
+            Some(last),
+            "a tail: {again:?}"
+        );
     }
     bob.close(T).unwrap();
     // A handshake proving everything, then −1: nothing is replayed.

@@ -40,6 +40,8 @@ pub struct Config {
     pub owner: String,
     /// Take handshakes from nodes that are not contacts yet.
     pub accept_handshakes: bool,
+    /// A handshake must come from the IP address in its `from`.
+    pub check_handshake_source: bool,
     /// `can_resend` of a new contact.
     pub default_can_resend: u8,
     /// Keep messages for other nodes when asked (`resend`).
@@ -69,6 +71,7 @@ impl Default for Config {
             address: String::new(),
             owner: String::new(),
             accept_handshakes: true,
+            check_handshake_source: true,
             default_can_resend: 1,
             relay: true,
             relays: 2,

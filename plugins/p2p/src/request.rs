@@ -37,6 +37,8 @@ pub struct RequestSession {
     next_id: u64,
     waiting: HashMap<u64, Then>,
     answered: bool,
+    /// A sample-dialect request: refusals say `received: 0`.
+    sample: bool,
     now_secs: u64,
 }
 
@@ -51,6 +53,7 @@ impl RequestSession {
             next_id: 1,
             waiting: HashMap::new(),
             answered: false,
+            sample: false,
             now_secs: 0,
         }
     }
@@ -75,11 +78,16 @@ impl RequestSession {
         self.respond_raw(wire::respond(status, &body));
     }
 
-    fn refuse(&mut self, refusal: Refusal) {
+    fn refuse(&mut self, mut refusal: Refusal) {
         self.log(
             LogLevel::Debug,
             format!("refused ({}): {}", refusal.status, refusal.body),
         );
+        if self.sample {
+            // The sample dialect answers in its own shape.
+            let error = refusal.body["error"].clone();
+            refusal.body = json!({"received": 0, "error": error});
+        }
         self.respond(refusal.status, refusal.body);
     }
 
@@ -182,16 +190,19 @@ impl RequestSession {
             Request::SampleMessage {
                 key: Some(key),
                 message,
-            } => self.authenticate(&key, move |s, _, _| {
-                s.deliver_all(vec![Ok(message)], move |s, statuses| {
-                    if statuses.first() == Some(&1) {
-                        let now = s.now_secs;
-                        s.respond(200, json!({"received": now}));
-                    } else {
-                        s.respond(200, json!({"received": 0, "error": "not taken"}));
-                    }
+            } => {
+                self.sample = true;
+                self.authenticate(&key, move |s, _, _| {
+                    s.deliver_all(vec![Ok(message)], move |s, statuses| {
+                        if statuses.first() == Some(&1) {
+                            let now = s.now_secs;
+                            s.respond(200, json!({"received": now}));
+                        } else {
+                            s.respond(200, json!({"received": 0, "error": "not taken"}));
+                        }
+                    })
                 })
-            }),
+            }
             Request::Resend { key, message } => {
                 self.authenticate(&key, move |s, _, _| s.relay(&our, message))
             }
@@ -408,7 +419,9 @@ impl RequestSession {
         if &from == our {
             return self.refuse(wire::refused(400, "that is this node's own address"));
         }
-        if from.ip().map(|ip| ip.to_string()) != Some(self.peer_ip.clone()) {
+        if self.config.check_handshake_source
+            && from.ip().map(|ip| ip.to_string()) != Some(self.peer_ip.clone())
+        {
             // A handshake says who asks; it must come from that address.
             return self.refuse(wire::refused(
                 403,
@@ -439,26 +452,12 @@ impl RequestSession {
                     200,
                     json!({"status": 0, "error": "this node takes handshakes only from contacts its owner added"}),
                 ),
-                None => {
-                    let op = Op::Scan {
-                        prefix: contact::CONTACT_PREFIX.to_vec(),
-                        after: None,
-                        limit: s.config.max_contacts as u32,
-                    };
-                    s.ask(op, move |s, result| {
-                        let count = match result {
-                            Ok(Answer::Entries(entries)) => entries.len(),
-                            _ => usize::MAX,
-                        };
-                        if count >= s.config.max_contacts {
-                            return s.respond(200, json!({"status": 0, "error": "too many contacts"}));
-                        }
-                        let mut contact = Contact::new(s.config.default_can_resend);
-                        contact.key = key;
-                        contact.nick = nick.unwrap_or_default();
-                        s.save_contact(from, contact, Self::ok)
-                    });
-                }
+                None => s.when_room_for_a_contact(move |s| {
+                    let mut contact = Contact::new(s.config.default_can_resend);
+                    contact.key = key;
+                    contact.nick = nick.unwrap_or_default();
+                    s.save_contact(from, contact, Self::ok)
+                }),
             }
         });
     }
@@ -513,6 +512,9 @@ impl RequestSession {
     }
 
     fn gui(&mut self, our: Node, session: String, action: Gui) {
+        if session.is_empty() {
+            return self.respond(403, json!({"status": 0, "error": "sign in first"}));
+        }
         let owner = self.config.owner.clone();
         self.ask(Op::CheckToken { token: session }, move |s, result| {
             let user = match result {
@@ -657,20 +659,46 @@ impl RequestSession {
                 Ok(Answer::Value(Some(bytes))) => Contact::from_bytes(&bytes),
                 _ => None,
             };
-            let mut contact = match (existing, create) {
-                (Some(contact), _) => contact,
-                (None, true) => Contact::new(s.config.default_can_resend),
-                (None, false) => {
-                    return s.respond(404, json!({"status": 0, "error": "no such contact"}))
+            let update = move |s: &mut RequestSession, mut contact: Contact| {
+                if let Some(nick) = nick {
+                    contact.nick = nick;
                 }
+                if let Some(can_resend) = can_resend {
+                    contact.can_resend = can_resend;
+                    if can_resend == 1 {
+                        // The owner asks for it to relay again, even after a refusal.
+                        s.signal("relay", address.as_str());
+                    }
+                }
+                s.save_contact(address, contact, Self::ok);
             };
-            if let Some(nick) = nick {
-                contact.nick = nick;
+            match (existing, create) {
+                (Some(contact), _) => update(s, contact),
+                (None, false) => s.respond(404, json!({"status": 0, "error": "no such contact"})),
+                (None, true) => s.when_room_for_a_contact(move |s| {
+                    let contact = Contact::new(s.config.default_can_resend);
+                    update(s, contact)
+                }),
             }
-            if let Some(can_resend) = can_resend {
-                contact.can_resend = can_resend;
+        });
+    }
+
+    /// Runs `then` if the contact list has room for one more, else refuses (status 0).
+    fn when_room_for_a_contact(&mut self, then: impl FnOnce(&mut RequestSession) + Send + 'static) {
+        let op = Op::Scan {
+            prefix: contact::CONTACT_PREFIX.to_vec(),
+            after: None,
+            limit: self.config.max_contacts as u32,
+        };
+        self.ask(op, move |s, result| {
+            let count = match result {
+                Ok(Answer::Entries(entries)) => entries.len(),
+                _ => usize::MAX,
+            };
+            if count >= s.config.max_contacts {
+                return s.respond(200, json!({"status": 0, "error": "too many contacts"}));
             }
-            s.save_contact(address, contact, Self::ok);
+            then(s)
         });
     }
 

@@ -326,9 +326,11 @@ fn action(body: &[u8]) -> Result<Request, Refusal> {
         .and_then(Value::as_u64)
         .map(|v| u8::from(v != 0));
     let action = text("action")?;
+    // A missing key or session is a refusal of the key (403), not a malformed request.
+    let key = || optional("key").unwrap_or_default();
     let gui = |action: Gui| -> Result<Request, Refusal> {
         Ok(Request::Gui {
-            session: text("session")?,
+            session: optional("session").unwrap_or_default(),
             action,
         })
     };
@@ -340,7 +342,7 @@ fn action(body: &[u8]) -> Result<Request, Refusal> {
         }),
         "send" | "resend" => {
             let message = NetMessage::from_value(&value).map_err(|e| refused(400, &e))?;
-            let key = text("key")?;
+            let key = key();
             Ok(if action == "send" {
                 Request::Send { key, message }
             } else {
@@ -357,7 +359,7 @@ fn action(body: &[u8]) -> Result<Request, Refusal> {
                 .and_then(Value::as_array)
                 .ok_or_else(|| refused(400, "history needs a list messages"))?;
             Ok(Request::History {
-                key: text("key")?,
+                key: key(),
                 messages: list.iter().map(NetMessage::from_value).collect(),
             })
         }
