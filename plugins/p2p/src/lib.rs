@@ -103,8 +103,8 @@ const HUB_KEYS: &[&str] = &["enabled", "listen", "max_frame"];
 /// A session: one HTTP request, or the node's background work.
 pub enum P2pSession {
     /// One HTTP request.
-    Request(request::RequestSession),
-    /// The service session (boxed: one per hub, and much larger than a request).
+    Request(Box<request::RequestSession>),
+    /// The service session.
     Service(Box<service::ServiceSession>),
 }
 
@@ -193,11 +193,11 @@ impl Protocol for P2p {
                     .parse::<std::net::SocketAddr>()
                     .map(|a| a.ip().to_string())
                     .unwrap_or_default();
-                P2pSession::Request(request::RequestSession::new(
+                P2pSession::Request(Box::new(request::RequestSession::new(
                     self.config.clone(),
                     our,
                     peer_ip,
-                ))
+                )))
             }
         }
     }

@@ -23,6 +23,23 @@ type Then = Box<dyn FnOnce(&mut RequestSession, Result<Answer, CoreError>) + Sen
 /// What to do once every message of a batch has its status.
 type Statuses = Box<dyn FnOnce(&mut RequestSession, Vec<u8>) + Send>;
 
+/// Messages being stored for their recipients (see `deliver_all`).
+struct Batch {
+    /// Each message with its recipient and, once resolved, its author; `None`: not taken.
+    items: Vec<Option<(NetMessage, Address, Option<hub_plugin_sdk::UserId>)>>,
+    statuses: Vec<u8>,
+    /// Answers still due in the current phase.
+    waiting: usize,
+    then: Option<Statuses>,
+}
+
+/// The phases of a batch.
+#[derive(Clone, Copy)]
+enum Phase {
+    Authors,
+    Stores,
+}
+
 /// The GUI page.
 const PAGE: &str = include_str!("gui.html");
 
@@ -39,6 +56,7 @@ pub struct RequestSession {
     answered: bool,
     /// A sample-dialect request: refusals say `received: 0`.
     sample: bool,
+    batch: Option<Batch>,
     now_secs: u64,
 }
 
@@ -54,6 +72,7 @@ impl RequestSession {
             waiting: HashMap::new(),
             answered: false,
             sample: false,
+            batch: None,
             now_secs: 0,
         }
     }
@@ -261,60 +280,94 @@ impl RequestSession {
         );
     }
 
-    /// Stores each message for its recipient on this node, one after another; `then`
-    /// gets a status per message (1 stored or already had, 0 not taken).
+    /// Stores each message for its recipient on this node; `then` gets a status per
+    /// message (1 stored or already had, 0 not taken). The whole batch is pipelined:
+    /// every author is resolved, then every message stored, so that one group commit
+    /// covers the batch; the recipients' streams keep the batch's order (commands reach
+    /// the core in the order sent).
     fn deliver_all(
         &mut self,
         messages: Vec<Result<NetMessage, String>>,
         then: impl FnOnce(&mut RequestSession, Vec<u8>) + Send + 'static,
     ) {
-        let messages: VecDeque<_> = messages.into_iter().collect();
-        self.deliver_next(messages, Vec::new(), Box::new(then));
+        let mut batch = Batch {
+            items: Vec::with_capacity(messages.len()),
+            statuses: vec![0; messages.len()],
+            waiting: 0,
+            then: Some(Box::new(then)),
+        };
+        for message in messages {
+            let item = message.and_then(|message| {
+                let to = self.local_recipient(&message.to)?;
+                Target::parse(&message.from).ok_or("the author is not an address")?;
+                Ok((message, to))
+            });
+            match item {
+                Ok(item) => batch.items.push(Some((item.0, item.1, None))),
+                Err(why) => {
+                    self.log(LogLevel::Debug, format!("message not taken: {why}"));
+                    batch.items.push(None);
+                }
+            }
+        }
+        let authors: Vec<(usize, String)> = batch
+            .items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| item.as_ref().map(|(m, _, _)| (i, m.from.clone())))
+            .collect();
+        batch.waiting = authors.len();
+        self.batch = Some(batch);
+        if authors.is_empty() {
+            return self.batch_done();
+        }
+        for (index, author) in authors {
+            self.ask(Self::alias(&author), move |s, result| {
+                if let (Some(batch), Ok(Answer::User(user))) = (s.batch.as_mut(), result) {
+                    if let Some(Some((_, _, author))) = batch.items.get_mut(index) {
+                        *author = Some(user.id);
+                    }
+                }
+                s.batch_step(Phase::Authors);
+            });
+        }
     }
 
-    fn deliver_next(
-        &mut self,
-        mut messages: VecDeque<Result<NetMessage, String>>,
-        mut statuses: Vec<u8>,
-        then: Statuses,
-    ) {
-        let Some(next) = messages.pop_front() else {
-            return then(self, statuses);
+    /// One answer of the current phase came; the next phase starts once all did.
+    fn batch_step(&mut self, phase: Phase) {
+        let Some(batch) = self.batch.as_mut() else {
+            return;
         };
-        let message = match next {
-            Ok(message) => message,
-            Err(why) => {
-                self.log(LogLevel::Debug, format!("message not taken: {why}"));
-                statuses.push(0);
-                return self.deliver_next(messages, statuses, then);
-            }
-        };
-        let to = match self.local_recipient(&message.to) {
-            Ok(to) => to,
-            Err(why) => {
-                self.log(
-                    LogLevel::Debug,
-                    format!("message {} not taken: {why}", message.id),
-                );
-                statuses.push(0);
-                return self.deliver_next(messages, statuses, then);
-            }
-        };
-        let author = message.from.clone();
-        if Target::parse(&author).is_none() {
-            statuses.push(0);
-            return self.deliver_next(messages, statuses, then);
+        batch.waiting = batch.waiting.saturating_sub(1);
+        if batch.waiting > 0 {
+            return;
         }
-        self.ask(Self::alias(&author), move |s, result| {
-            let Ok(Answer::User(author_user)) = result else {
-                statuses.push(0);
-                return s.deliver_next(messages, statuses, then);
-            };
-            s.register_peer(&message.from);
-            let now = s.now_secs;
+        match phase {
+            Phase::Authors => self.store_batch(),
+            Phase::Stores => self.batch_done(),
+        }
+    }
+
+    fn store_batch(&mut self) {
+        let Some(batch) = self.batch.as_mut() else {
+            return;
+        };
+        let now = self.now_secs;
+        let mut stores = Vec::new();
+        for (index, item) in batch.items.iter().enumerate() {
+            if let Some((message, to, Some(author))) = item {
+                stores.push((index, message.clone(), to.clone(), *author));
+            }
+        }
+        batch.waiting = stores.len();
+        if stores.is_empty() {
+            return self.batch_done();
+        }
+        for (index, message, to, author) in stores {
+            self.register_peer(&message.from);
             let op = Op::SendOnce {
                 key: message.dedup_key(),
-                from: Some(author_user.id),
+                from: Some(author),
                 to,
                 content: Content::Native {
                     scheme: SCHEME_MESSAGE.into(),
@@ -322,17 +375,29 @@ impl RequestSession {
                     fallback: Some(message.readable()),
                 },
             };
-            s.ask(op, move |s, result| {
-                statuses.push(u8::from(result.is_ok()));
-                if let Err(error) = result {
-                    s.log(
-                        LogLevel::Debug,
-                        format!("message {} not stored: {error}", message.id),
-                    );
+            self.ask(op, move |s, result| {
+                match &result {
+                    Ok(_) => {
+                        if let Some(batch) = s.batch.as_mut() {
+                            batch.statuses[index] = 1;
+                        }
+                    }
+                    Err(error) => {
+                        let id = message.id.clone();
+                        s.log(LogLevel::Debug, format!("message {id} not stored: {error}"));
+                    }
                 }
-                s.deliver_next(messages, statuses, then);
+                s.batch_step(Phase::Stores);
             });
-        });
+        }
+    }
+
+    fn batch_done(&mut self) {
+        if let Some(mut batch) = self.batch.take() {
+            if let Some(then) = batch.then.take() {
+                then(self, batch.statuses);
+            }
+        }
     }
 
     /// The hub address of a recipient on this node.
