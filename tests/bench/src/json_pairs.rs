@@ -2,11 +2,16 @@
 //! an `id`, keeping W unacknowledged, and the hub acknowledges each once it is stored
 //! (durably, in flush mode). Measured from the start signal until every receiver has
 //! every message.
+//!
+//! The same clients also run against the minimal relay ([`Target::Relay`], "the limit"),
+//! and [`baselines`] puts the hub beside the relay and a peer broker (`crate::peer`).
 
+use crate::relay::Relay;
 use crate::report::Row;
 use hub_tests::harness::{Hub, HubOptions};
 use hub_tests::json_client::JsonClient;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -18,41 +23,131 @@ pub struct Params {
     pub messages: usize,
     /// Unacknowledged messages a sender keeps in flight.
     pub window: usize,
-    /// `flush` or `interval`.
+    /// `flush` or `interval` (hub only).
     pub durability: &'static str,
+}
+
+/// What the clients talk to.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// The real hub with the JSON plugin, in `Params::durability` mode.
+    Hub,
+    /// The minimal relay of `crate::relay` (`Params::durability` is not used).
+    Relay,
 }
 
 const T: Duration = Duration::from_secs(60);
 
-fn account(hub: &Hub, name: &str) -> (JsonClient, String) {
-    let mut client = JsonClient::connect(hub.addr("json", "main")).expect("connect");
+fn account(addr: SocketAddr, name: &str) -> (JsonClient, String) {
+    let mut client = JsonClient::connect(addr).expect("connect");
     let reply = client.signup(name, "pw", "sha256").expect("signup");
     let token = reply["session"].as_str().expect("token").to_owned();
     (client, token)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Runs one configuration.
+/// Runs one configuration against the hub.
 pub fn run(params: Params) -> Row {
-    let hub = Hub::start(
-        HubOptions::with(&["json"])
-            .env("HUB__STORE__DURABILITY", params.durability)
-            .env("HUB__LOG__LEVEL", "warn,hub=info"),
-    );
+    run_on(Target::Hub, params)
+}
+
+/// Runs one configuration against `target`.
+pub fn run_on(target: Target, params: Params) -> Row {
+    match target {
+        Target::Hub => {
+            let hub = Hub::start(
+                HubOptions::with(&["json"])
+                    .env("HUB__STORE__DURABILITY", params.durability)
+                    .env("HUB__LOG__LEVEL", "warn,hub=info"),
+            );
+            let (elapsed, latencies) = drive(hub.addr("json", "main"), &params);
+            let label = format!("{} pairs, {}", params.pairs, params.durability);
+            row(label, &params, elapsed, latencies, hub.start_time)
+        }
+        Target::Relay => {
+            let relay = Relay::start();
+            let (elapsed, latencies) = drive(relay.addr, &params);
+            let label = format!("{} pairs, limit (relay)", params.pairs);
+            row(label, &params, elapsed, latencies, relay.start_time)
+        }
+    }
+}
+
+/// The hub (flush and interval), the relay and mosquitto on the same workload, each row
+/// with its throughput as a percentage of the relay's (`pct_of_limit`).
+pub fn baselines(pairs: usize, messages: usize, window: usize) -> Vec<Row> {
+    let params = |durability| Params {
+        pairs,
+        messages,
+        window,
+        durability,
+    };
+    let mut rows = vec![
+        run_on(Target::Hub, params("flush")),
+        run_on(Target::Hub, params("interval")),
+        run_on(Target::Relay, params("flush")),
+        crate::peer::run(crate::peer::Params {
+            pairs,
+            messages,
+            window,
+        }),
+    ];
+    let rate = |row: &Row| {
+        row.figures
+            .iter()
+            .find(|(name, _)| *name == "msgs_per_sec")
+            .map_or(0.0, |(_, v)| *v)
+    };
+    let limit = rate(&rows[2]);
+    for row in &mut rows {
+        let pct = 100.0 * rate(row) / limit;
+        row.figures.push(("pct_of_limit", pct));
+    }
+    rows
+}
+
+/// A throughput row: `start` is the start-up time of the server under test (the hub's
+/// spawn-to-ready, the relay's bind, mosquitto's spawn-to-accepting), reported in the
+/// `hub_start_ms` column the json-pairs table has always had.
+pub(crate) fn row(
+    label: String,
+    params: &Params,
+    elapsed: Duration,
+    mut latencies: Vec<f64>,
+    start: Duration,
+) -> Row {
+    latencies.sort_by(f64::total_cmp);
+    let total = (params.pairs * params.messages) as f64;
+    Row {
+        label,
+        figures: vec![
+            ("messages", total),
+            ("seconds", elapsed.as_secs_f64()),
+            ("msgs_per_sec", total / elapsed.as_secs_f64()),
+            ("ack_p50_ms", percentile(&latencies, 0.5)),
+            ("ack_p99_ms", percentile(&latencies, 0.99)),
+            ("hub_start_ms", start.as_secs_f64() * 1e3),
+        ],
+    }
+}
+
+/// The workload against the JSON server at `addr`: (elapsed from the start signal until
+/// every message is received and acknowledged, ack latencies in ms).
+fn drive(addr: SocketAddr, params: &Params) -> (Duration, Vec<f64>) {
     let payload = "x".repeat(100);
     let start = Arc::new(Barrier::new(params.pairs * 2 + 1));
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for pair in 0..params.pairs {
-        let (mut rx, rx_token) = account(&hub, &format!("r{pair}"));
+        let (mut rx, rx_token) = account(addr, &format!("r{pair}"));
         assert_eq!(rx.subscribe(&rx_token).expect("subscribe")["resp_code"], 0);
-        let (tx, tx_token) = account(&hub, &format!("s{pair}"));
+        let (tx, tx_token) = account(addr, &format!("s{pair}"));
         let barrier = start.clone();
         let count = params.messages;
         receivers.push(std::thread::spawn(move || {
@@ -89,7 +184,7 @@ pub fn run(params: Params) -> Row {
     }
     start.wait();
     let began = Instant::now();
-    let mut latencies: Vec<f64> = senders
+    let latencies: Vec<f64> = senders
         .into_iter()
         .flat_map(|s| s.join().expect("sender"))
         .collect();
@@ -99,18 +194,5 @@ pub fn run(params: Params) -> Row {
         .map(|r| r.join().expect("receiver"))
         .max()
         .unwrap_or(began);
-    let elapsed = done.duration_since(began).max(acked);
-    latencies.sort_by(f64::total_cmp);
-    let total = (params.pairs * params.messages) as f64;
-    Row {
-        label: format!("{} pairs, {}", params.pairs, params.durability),
-        figures: vec![
-            ("messages", total),
-            ("seconds", elapsed.as_secs_f64()),
-            ("msgs_per_sec", total / elapsed.as_secs_f64()),
-            ("ack_p50_ms", percentile(&latencies, 0.5)),
-            ("ack_p99_ms", percentile(&latencies, 0.99)),
-            ("hub_start_ms", hub.start_time.as_secs_f64() * 1e3),
-        ],
-    }
+    (done.duration_since(began).max(acked), latencies)
 }

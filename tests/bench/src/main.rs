@@ -9,6 +9,7 @@
 //! cargo run --release -p hub-bench -- cchat-fanout [--members 50] [--messages 2000] [--window 64]
 //! cargo run --release -p hub-bench -- xdr [--clients 50] [--messages 200]
 //! cargo run --release -p hub-bench -- p2p [--messages 2000] [--backlog 1000]
+//! cargo run --release -p hub-bench -- baselines [--pairs 100] [--messages 200] [--window 32]
 //! cargo run --release -p hub-bench -- smoke      # a few seconds, for CI
 //! ```
 
@@ -17,6 +18,8 @@
 mod cchat;
 mod json_pairs;
 mod p2p;
+mod peer;
+mod relay;
 mod report;
 mod retro_pairs;
 mod xdr;
@@ -25,7 +28,7 @@ use std::collections::HashMap;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|smoke> [--pairs N] [--members N] [--clients N] [--messages N] [--backlog N] [--window N] [--rounds N] [--durability flush|interval]"
+        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|baselines|smoke> [--pairs N] [--members N] [--clients N] [--messages N] [--backlog N] [--window N] [--rounds N] [--durability flush|interval]"
     );
     std::process::exit(2);
 }
@@ -84,6 +87,11 @@ fn main() {
         )],
         "xdr" => xdr::run(number("clients", 50), number("messages", 200)),
         "p2p" => p2p::run(number("messages", 2000), number("backlog", 1000)),
+        "baselines" => json_pairs::baselines(
+            number("pairs", 100),
+            number("messages", 200),
+            number("window", 32),
+        ),
         "smoke" => vec![json_pairs::run(json_pairs::Params {
             pairs: 10,
             messages: 50,

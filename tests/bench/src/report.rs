@@ -13,7 +13,7 @@ pub struct Row {
 /// Prints the rows as a table and writes `target/bench/<scenario>.csv`.
 pub fn print_and_save(scenario: &str, rows: &[Row]) {
     let Some(first) = rows.first() else { return };
-    let mut table = format!("{:<28}", "run");
+    let mut table = format!("{:<40}", "run");
     let mut csv = String::from("run");
     for (name, _) in &first.figures {
         let _ = write!(table, " {name:>16}");
@@ -22,7 +22,7 @@ pub fn print_and_save(scenario: &str, rows: &[Row]) {
     table.push('\n');
     csv.push('\n');
     for row in rows {
-        let _ = write!(table, "{:<28}", row.label);
+        let _ = write!(table, "{:<40}", row.label);
         let _ = write!(csv, "{}", row.label);
         for (_, value) in &row.figures {
             let _ = write!(table, " {value:>16.1}");
