@@ -47,6 +47,11 @@ impl Metrics {
         }
     }
 
+    /// Group-commit flushes so far.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Relaxed)
+    }
+
     /// Records how many waiters one flush served.
     pub fn add_batch(&self, waiters: usize) {
         self.batched.fetch_add(waiters as u64, Relaxed);

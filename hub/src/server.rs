@@ -88,9 +88,19 @@ pub fn open_store(config: &HubConfig, metrics: Arc<Metrics>) -> anyhow::Result<A
     Ok(Arc::new(store))
 }
 
+/// Every connection is a file descriptor: raise the soft open-file limit to the hard
+/// one (the operator's ceiling) and log what the hub got.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// Runs the hub until `shutdown` resolves. Call inside an actix system.
 pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let started = Instant::now();
+    raise_open_file_limit();
     let metrics = Arc::new(Metrics::default());
     let store = open_store(&config, metrics.clone())?;
     let core = Core::start(store.clone(), metrics, config.core.clone());

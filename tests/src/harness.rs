@@ -164,6 +164,47 @@ impl HubOptions {
     }
 }
 
+/// Memory of a running hub, from `/proc`.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessMemory {
+    /// Resident set size now, bytes.
+    pub rss: u64,
+    /// Highest resident set size so far, bytes.
+    pub peak_rss: u64,
+}
+
+/// Resident memory of process `pid`: `VmRSS` and `VmHWM` of `/proc/<pid>/status`.
+pub fn process_memory(pid: u32) -> Option<ProcessMemory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some(ProcessMemory {
+        rss: field("VmRSS:")?,
+        peak_rss: field("VmHWM:")?,
+    })
+}
+
+/// CPU time (user + system) process `pid` has used so far, from `/proc/<pid>/stat`
+/// (clock ticks of 1/100 s, Linux's fixed `USER_HZ`).
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are space-separated,
+    // utime and stime being the 14th and 15th of the line.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// A running hub process.
 pub struct Hub {
     child: Option<Child>,
@@ -305,6 +346,16 @@ impl Hub {
             .listeners
             .get(&(plugin.to_owned(), role.to_owned()))
             .unwrap_or_else(|| panic!("no listener {plugin}/{role}; log:\n{}", self.log()))
+    }
+
+    /// The running process's id (`None` after `kill`/`terminate`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The process's memory (`None` if it is not running or `/proc` cannot be read).
+    pub fn memory(&self) -> Option<ProcessMemory> {
+        process_memory(self.pid()?)
     }
 
     /// Whether a plugin is loaded (has listeners).

@@ -2,6 +2,7 @@
 //! (the real 2048-bit arithmetic, done by the clients, is part of it), and how many
 //! messages per second one sender fans out to a room.
 
+use crate::common::percentile;
 use crate::report::Row;
 use hub_tests::cchat_client::{sha1_hex, CchatClient};
 use hub_tests::harness::{Hub, HubOptions};
@@ -27,13 +28,6 @@ fn settle(members: &[CchatClient], before: &[usize]) {
     for (member, count) in members.iter().zip(before) {
         member.wait_settled_since(*count, T).expect("settled");
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Key settle time: a room of `members - 1` settles, then the last member joins; timed

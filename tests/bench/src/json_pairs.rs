@@ -6,10 +6,10 @@
 //! The same clients also run against the minimal relay ([`Target::Relay`], "the limit"),
 //! and [`baselines`] puts the hub beside the relay and a peer broker (`crate::peer`).
 
+use crate::common::{account, json_hub, percentile};
 use crate::relay::Relay;
 use crate::report::Row;
-use hub_tests::harness::{Hub, HubOptions};
-use hub_tests::json_client::JsonClient;
+use hub_tests::harness::process_cpu;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
@@ -38,20 +38,6 @@ pub enum Target {
 
 const T: Duration = Duration::from_secs(60);
 
-fn account(addr: SocketAddr, name: &str) -> (JsonClient, String) {
-    let mut client = JsonClient::connect(addr).expect("connect");
-    let reply = client.signup(name, "pw", "sha256").expect("signup");
-    let token = reply["session"].as_str().expect("token").to_owned();
-    (client, token)
-}
-
-pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// Runs one configuration against the hub.
 pub fn run(params: Params) -> Row {
     run_on(Target::Hub, params)
@@ -61,20 +47,17 @@ pub fn run(params: Params) -> Row {
 pub fn run_on(target: Target, params: Params) -> Row {
     match target {
         Target::Hub => {
-            let hub = Hub::start(
-                HubOptions::with(&["json"])
-                    .env("HUB__STORE__DURABILITY", params.durability)
-                    .env("HUB__LOG__LEVEL", "warn,hub=info"),
-            );
-            let (elapsed, latencies) = drive(hub.addr("json", "main"), &params);
+            let hub = json_hub(&[("HUB__STORE__DURABILITY", params.durability)]);
+            let pid = hub.pid().expect("running");
+            let (elapsed, latencies, cpu) = drive(hub.addr("json", "main"), &params, Some(pid));
             let label = format!("{} pairs, {}", params.pairs, params.durability);
-            row(label, &params, elapsed, latencies, hub.start_time)
+            row(label, &params, elapsed, latencies, hub.start_time, cpu)
         }
         Target::Relay => {
             let relay = Relay::start();
-            let (elapsed, latencies) = drive(relay.addr, &params);
+            let (elapsed, latencies, _) = drive(relay.addr, &params, None);
             let label = format!("{} pairs, limit (relay)", params.pairs);
-            row(label, &params, elapsed, latencies, relay.start_time)
+            row(label, &params, elapsed, latencies, relay.start_time, None)
         }
     }
 }
@@ -114,13 +97,16 @@ pub fn baselines(pairs: usize, messages: usize, window: usize) -> Vec<Row> {
 
 /// A throughput row: `start` is the start-up time of the server under test (the hub's
 /// spawn-to-ready, the relay's bind, mosquitto's spawn-to-accepting), reported in the
-/// `hub_start_ms` column the json-pairs table has always had.
+/// `hub_start_ms` column the json-pairs table has always had; `cpu` the CPU time the
+/// server process used during the run, where it is a process of its own (not the relay,
+/// which runs inside the bench: NaN).
 pub(crate) fn row(
     label: String,
     params: &Params,
     elapsed: Duration,
     mut latencies: Vec<f64>,
     start: Duration,
+    cpu: Option<Duration>,
 ) -> Row {
     latencies.sort_by(f64::total_cmp);
     let total = (params.pairs * params.messages) as f64;
@@ -133,13 +119,23 @@ pub(crate) fn row(
             ("ack_p50_ms", percentile(&latencies, 0.5)),
             ("ack_p99_ms", percentile(&latencies, 0.99)),
             ("hub_start_ms", start.as_secs_f64() * 1e3),
+            (
+                "cpu_us_per_msg",
+                cpu.map_or(f64::NAN, |c| c.as_secs_f64() * 1e6 / total),
+            ),
         ],
     }
 }
 
 /// The workload against the JSON server at `addr`: (elapsed from the start signal until
-/// every message is received and acknowledged, ack latencies in ms).
-fn drive(addr: SocketAddr, params: &Params) -> (Duration, Vec<f64>) {
+/// every message is received and acknowledged, ack latencies in ms, CPU time process
+/// `server` used meanwhile).
+fn drive(
+    addr: SocketAddr,
+    params: &Params,
+    server: Option<u32>,
+) -> (Duration, Vec<f64>, Option<Duration>) {
+    let cpu = || server.and_then(process_cpu);
     let payload = "x".repeat(100);
     let start = Arc::new(Barrier::new(params.pairs * 2 + 1));
     let mut receivers = Vec::new();
@@ -184,6 +180,7 @@ fn drive(addr: SocketAddr, params: &Params) -> (Duration, Vec<f64>) {
     }
     start.wait();
     let began = Instant::now();
+    let cpu_before = cpu();
     let latencies: Vec<f64> = senders
         .into_iter()
         .flat_map(|s| s.join().expect("sender"))
@@ -194,5 +191,6 @@ fn drive(addr: SocketAddr, params: &Params) -> (Duration, Vec<f64>) {
         .map(|r| r.join().expect("receiver"))
         .max()
         .unwrap_or(began);
-    (done.duration_since(began).max(acked), latencies)
+    let used = cpu().zip(cpu_before).map(|(after, before)| after - before);
+    (done.duration_since(began).max(acked), latencies, used)
 }

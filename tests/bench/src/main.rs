@@ -10,25 +10,40 @@
 //! cargo run --release -p hub-bench -- xdr [--clients 50] [--messages 200]
 //! cargo run --release -p hub-bench -- p2p [--messages 2000] [--backlog 1000]
 //! cargo run --release -p hub-bench -- baselines [--pairs 100] [--messages 200] [--window 32]
-//! cargo run --release -p hub-bench -- smoke      # a few seconds, for CI
+//! cargo run --release -p hub-bench -- store [--pairs 100] [--messages 200] [--window 32]
+//! cargo run --release -p hub-bench -- latency [--pairs 100] [--seconds 5]
+//! cargo run --release -p hub-bench -- room-fanout [--messages 500] [--window 32]
+//! cargo run --release -p hub-bench -- idle [--clients 10000,max]
+//! cargo run --release -p hub-bench -- storm [--clients 10000] [--seconds 10] [--messages 20000]
+//! cargo run --release -p hub-bench -- backlog [--messages 100000]
+//! cargo run --release -p hub-bench -- all        # every scenario above, in one run
+//! cargo run -p hub-bench -- smoke                # each JSON scenario, small (CI)
 //! ```
 
 #![forbid(unsafe_code)]
 
+mod backlog;
 mod cchat;
+mod common;
+mod idle;
 mod json_pairs;
+mod latency;
 mod p2p;
 mod peer;
+mod plot;
 mod relay;
 mod report;
 mod retro_pairs;
+mod room;
+mod store;
+mod storm;
 mod xdr;
 
 use std::collections::HashMap;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|baselines|smoke> [--pairs N] [--members N] [--clients N] [--messages N] [--backlog N] [--window N] [--rounds N] [--durability flush|interval]"
+        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|baselines|store|latency|room-fanout|idle|storm|backlog|all|smoke> [--pairs N] [--members N] [--clients N[,max]] [--messages N] [--backlog N] [--window N] [--rounds N] [--seconds S] [--durability flush|interval]"
     );
     std::process::exit(2);
 }
@@ -92,13 +107,127 @@ fn main() {
             number("messages", 200),
             number("window", 32),
         ),
-        "smoke" => vec![json_pairs::run(json_pairs::Params {
+        "store" => ["flush", "interval"]
+            .into_iter()
+            .map(|durability| {
+                store::run(store::Params {
+                    pairs: number("pairs", 100),
+                    messages: number("messages", 200),
+                    window: number("window", 32),
+                    durability,
+                })
+            })
+            .collect(),
+        "latency" => latency::run(number("pairs", 100), seconds(&flags, 5.0), &[0.1, 0.5, 0.8]),
+        "room-fanout" => [50, 500]
+            .into_iter()
+            .map(|members| room::run(members, number("messages", 500), number("window", 32)))
+            .collect(),
+        "idle" => {
+            let counts = flags.get("clients").map_or("10000,max", String::as_str);
+            counts
+                .split(',')
+                .map(|c| match c {
+                    "max" => idle::max_clients(),
+                    n => n.parse().unwrap_or_else(|_| usage()),
+                })
+                .map(idle::run)
+                .collect()
+        }
+        "storm" => vec![storm::run(storm::Params {
+            clients: number("clients", 10_000),
+            window_secs: seconds(&flags, 10.0),
+            messages: number("messages", 20_000),
+        })],
+        "backlog" => vec![backlog::run(number("messages", 100_000))],
+        "all" => {
+            all();
+            return;
+        }
+        "smoke" => {
+            smoke();
+            return;
+        }
+        _ => usage(),
+    };
+    report::print_and_save(&scenario, &rows);
+}
+
+fn seconds(flags: &HashMap<String, String>, default: f64) -> f64 {
+    flags
+        .get("seconds")
+        .map(|v| v.parse().unwrap_or_else(|_| usage()))
+        .unwrap_or(default)
+}
+
+/// Every issue-8 scenario at full size, each saved under its own name.
+fn all() {
+    let mut throughput = json_pairs::baselines(100, 200, 32);
+    throughput.extend(["flush", "interval"].into_iter().map(|durability| {
+        store::run(store::Params {
+            pairs: 100,
+            messages: 200,
+            window: 32,
+            durability,
+        })
+    }));
+    report::print_and_save("throughput", &throughput);
+    report::print_and_save("latency", &latency::run(100, 5.0, &[0.1, 0.5, 0.8]));
+    let rooms: Vec<_> = [50, 500]
+        .into_iter()
+        .map(|m| room::run(m, 500, 32))
+        .collect();
+    report::print_and_save("room-fanout", &rooms);
+    let idle: Vec<_> = [10_000, idle::max_clients()]
+        .into_iter()
+        .map(idle::run)
+        .collect();
+    report::print_and_save("idle", &idle);
+    let storm = storm::run(storm::Params {
+        clients: 10_000,
+        window_secs: 10.0,
+        messages: 20_000,
+    });
+    report::print_and_save("storm", &[storm]);
+    report::print_and_save("backlog", &[backlog::run(100_000)]);
+}
+
+/// Each JSON scenario and the baselines but the peer, small enough for CI (well under
+/// a minute); the numbers are printed, not judged.
+fn smoke() {
+    let mut rows = vec![
+        json_pairs::run(json_pairs::Params {
             pairs: 10,
             messages: 50,
             window: 8,
             durability: "flush",
-        })],
-        _ => usage(),
-    };
-    report::print_and_save(&scenario, &rows);
+        }),
+        json_pairs::run_on(
+            json_pairs::Target::Relay,
+            json_pairs::Params {
+                pairs: 10,
+                messages: 50,
+                window: 8,
+                durability: "flush",
+            },
+        ),
+        store::run(store::Params {
+            pairs: 10,
+            messages: 50,
+            window: 8,
+            durability: "flush",
+        }),
+    ];
+    report::print_and_save("smoke-throughput", &rows);
+    rows = latency::run(10, 1.0, &[0.5]);
+    report::print_and_save("smoke-latency", &rows);
+    report::print_and_save("smoke-room", &[room::run(10, 50, 8)]);
+    report::print_and_save("smoke-idle", &[idle::run(200)]);
+    let storm = storm::run(storm::Params {
+        clients: 200,
+        window_secs: 1.0,
+        messages: 400,
+    });
+    report::print_and_save("smoke-storm", &[storm]);
+    report::print_and_save("smoke-backlog", &[backlog::run(2_000)]);
 }

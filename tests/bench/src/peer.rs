@@ -16,6 +16,7 @@
 
 use crate::json_pairs::{self, Params as PairsParams};
 use crate::report::Row;
+use hub_tests::harness::process_cpu;
 use std::io::{self, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -616,6 +617,7 @@ pub fn run(params: Params) -> Row {
     }
     start.wait();
     let began = Instant::now();
+    let cpu_before = process_cpu(broker.child.id());
     let latencies: Vec<f64> = senders
         .into_iter()
         .flat_map(|s| s.join().expect("publisher"))
@@ -627,6 +629,9 @@ pub fn run(params: Params) -> Row {
         .max()
         .unwrap_or(began);
     let elapsed = done.duration_since(began).max(acked);
+    let cpu = process_cpu(broker.child.id())
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     eprintln!(
         "hub-bench: mosquitto saved its database {} times ({}), file: {:?}",
         broker.saves(),
@@ -643,7 +648,7 @@ pub fn run(params: Params) -> Row {
         window: params.window,
         durability: "mosquitto",
     };
-    json_pairs::row(label, &as_pairs, elapsed, latencies, broker.start_time)
+    json_pairs::row(label, &as_pairs, elapsed, latencies, broker.start_time, cpu)
 }
 
 #[cfg(test)]

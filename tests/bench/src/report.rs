@@ -1,4 +1,4 @@
-//! Result rows: a table on stdout and a CSV file under `target/bench/`.
+//! Result rows: a table on stdout, and a CSV file and an SVG plot under `target/bench/`.
 
 use std::fmt::Write;
 
@@ -10,7 +10,7 @@ pub struct Row {
     pub figures: Vec<(&'static str, f64)>,
 }
 
-/// Prints the rows as a table and writes `target/bench/<scenario>.csv`.
+/// Prints the rows as a table and writes `target/bench/<scenario>.csv` and `.svg`.
 pub fn print_and_save(scenario: &str, rows: &[Row]) {
     let Some(first) = rows.first() else { return };
     let mut table = format!("{:<40}", "run");
@@ -37,6 +37,10 @@ pub fn print_and_save(scenario: &str, rows: &[Row]) {
         let path = dir.join(format!("{scenario}.csv"));
         if std::fs::write(&path, csv).is_ok() {
             println!("csv: {}", path.display());
+        }
+        let path = dir.join(format!("{scenario}.svg"));
+        if std::fs::write(&path, crate::plot::svg(scenario, rows)).is_ok() {
+            println!("plot: {}", path.display());
         }
     }
 }

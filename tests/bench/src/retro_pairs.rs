@@ -3,6 +3,7 @@
 //! (round-trip time: A → hub → B, B → hub → A, both sealed and opened), then every A
 //! sends M messages to its B (throughput, measured until every B has all of them).
 
+use crate::common::percentile;
 use crate::report::Row;
 use hub_tests::harness::{Hub, HubOptions};
 use hub_tests::retro_client::{kind, Identity, Packet, RetroClient};
@@ -46,13 +47,6 @@ fn side(chat: std::net::SocketAddr, cert: &Path, regkey: &str) -> Side {
     let mut client = RetroClient::connect(chat, cert, 1).expect("connect");
     client.login(id, &keys).expect("login");
     Side { client, keys, id }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Runs the scenario: (round-trip row, throughput row).

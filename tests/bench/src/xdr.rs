@@ -2,6 +2,7 @@
 //! messages per second among 50 clients each writing to the next. Frames are signed
 //! before the timed phase: RSA-PSS signing is the client's cost, not the hub's.
 
+use crate::common::percentile;
 use crate::report::Row;
 use hub_tests::harness::{Hub, HubOptions};
 use hub_tests::xdr_client::{crypto, payload, XdrClient};
@@ -10,13 +11,6 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// Runs the scenario: `clients` clients, `messages` messages each.
 pub fn run(clients: usize, messages: usize) -> Vec<Row> {
