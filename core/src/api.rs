@@ -230,17 +230,26 @@ impl Core {
     }
 
     fn resolve_user(&self, address: &Address) -> Result<UserRef, CoreError> {
-        let account = match address {
-            Address::Handle(handle) => self.shared.store.account_by_handle(handle),
-            Address::User(id) => self.shared.store.account(*id),
-            Address::Room(_) => return Err(CoreError::NoSuchUser),
+        match address {
+            // A handle names its account exactly (handles are never renamed), so the id
+            // is all that needs looking up.
+            Address::Handle(handle) => {
+                let id = self.shared.store.user_by_handle(handle).map_err(internal)?;
+                Ok(UserRef {
+                    id: id.ok_or(CoreError::NoSuchUser)?,
+                    handle: handle.clone(),
+                })
+            }
+            Address::User(id) => {
+                let account = self.shared.store.account(*id).map_err(internal)?;
+                let account = account.ok_or(CoreError::NoSuchUser)?;
+                Ok(UserRef {
+                    id: account.id,
+                    handle: account.handle,
+                })
+            }
+            Address::Room(_) => Err(CoreError::NoSuchUser),
         }
-        .map_err(internal)?
-        .ok_or(CoreError::NoSuchUser)?;
-        Ok(UserRef {
-            id: account.id,
-            handle: account.handle,
-        })
     }
 
     fn resolve_room(&self, name: &str) -> Result<RoomRef, CoreError> {

@@ -57,6 +57,9 @@ pub struct UserActor {
     last_seq: Seq,
     durable_through: Seq,
     pending: VecDeque<Pending>,
+    /// A durability request is scheduled and not yet made: appends until it is made are
+    /// covered by it (one group-commit wait per batch of mailbox messages, not per event).
+    durable_scheduled: bool,
     sessions: Vec<SessionSlot>,
     /// Messages handled, reported to the router when idle.
     handled: u64,
@@ -78,6 +81,7 @@ impl UserActor {
             last_seq,
             durable_through: last_seq,
             pending: VecDeque::new(),
+            durable_scheduled: false,
             sessions: Vec::new(),
             handled: 0,
             idle_timer: None,
@@ -131,16 +135,28 @@ impl UserActor {
             skip_conn,
             reply,
         });
-        self.await_durable(ctx, seq);
+        self.await_durable(ctx);
     }
 
-    fn await_durable(&mut self, ctx: &mut Context<Self>, seq: Seq) {
-        let durable = self.shared.store.durable();
-        ctx.spawn(
-            durable
-                .into_actor(self)
-                .map(move |result, act, ctx| act.on_durable(ctx, seq, result)),
-        );
+    /// Schedules one durability request for everything appended so far and until the
+    /// request is made: actix polls the spawned future after the messages waiting in
+    /// the mailbox, so a burst of appends shares one wait. The request is made (and the
+    /// sequence number it covers taken) only when the future first runs, after those
+    /// writes.
+    fn await_durable(&mut self, ctx: &mut Context<Self>) {
+        if self.durable_scheduled {
+            return;
+        }
+        self.durable_scheduled = true;
+        ctx.spawn(fut::ready(()).into_actor(self).then(|(), act, _ctx| {
+            act.durable_scheduled = false;
+            let through = act.last_seq;
+            act.shared
+                .store
+                .durable()
+                .into_actor(act)
+                .map(move |result, act, ctx| act.on_durable(ctx, through, result))
+        }));
     }
 
     fn on_durable(&mut self, ctx: &mut Context<Self>, seq: Seq, result: Result<(), String>) {
@@ -148,7 +164,7 @@ impl UserActor {
             // Not durable: deliver nothing and answer nobody yet; try the flush again.
             // (After shutdown closed the store this repeats harmlessly until exit.)
             tracing::error!(user = %self.user.id, error = %e, "events not confirmed durable; retrying the flush");
-            ctx.run_later(FLUSH_RETRY, move |act, ctx| act.await_durable(ctx, seq));
+            ctx.run_later(FLUSH_RETRY, |act, ctx| act.await_durable(ctx));
             return;
         }
         // A flush covers every write made before it: everything up to `seq` is done.

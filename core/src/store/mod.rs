@@ -123,6 +123,9 @@ pub trait Storage: Send + Sync + 'static {
     fn account(&self, id: UserId) -> StoreResult<Option<Account>>;
     /// An account by handle.
     fn account_by_handle(&self, handle: &str) -> StoreResult<Option<Account>>;
+    /// The id of the account with this exact handle (no account record read: the
+    /// message path resolves every destination this way).
+    fn user_by_handle(&self, handle: &str) -> StoreResult<Option<UserId>>;
     /// Every account, by id.
     fn accounts(&self) -> StoreResult<Vec<Account>>;
     /// Enables or disables an account; false if there is no such account.

@@ -255,6 +255,13 @@ impl Storage for SledStore {
         }
     }
 
+    fn user_by_handle(&self, handle: &str) -> StoreResult<Option<UserId>> {
+        match self.handles.get(handle.as_bytes())? {
+            Some(id) => Ok(Some(UserId(be_u64("handles", &id, 0)?))),
+            None => Ok(None),
+        }
+    }
+
     fn accounts(&self) -> StoreResult<Vec<Account>> {
         self.accounts
             .iter()
