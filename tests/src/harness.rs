@@ -267,7 +267,18 @@ impl Hub {
 
     fn launch(&mut self) {
         let bin = hub_binary();
-        let mut command = Command::new(bin);
+        // For profiling: HUB_WRAPPER="valgrind --tool=massif" (or "perf record -g --")
+        // runs the hub under that command.
+        let wrapper = std::env::var("HUB_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(bin);
+                command
+            }
+            None => Command::new(bin),
+        };
         command
             .env_remove("RUST_LOG")
             .env("HUB__DATA_DIR", &self.data_dir)
@@ -482,6 +493,10 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
+        // Under a profiler, stop cleanly so that it writes its output.
+        if std::env::var_os("HUB_WRAPPER").is_some_and(|w| !w.is_empty()) {
+            self.terminate();
+        }
         self.kill();
         if std::thread::panicking() {
             eprintln!("---- hub log ----\n{}", self.log());
