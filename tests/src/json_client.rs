@@ -360,6 +360,14 @@ impl JsonClient {
         let _ = self.ws.get_ref().shutdown(Shutdown::Both);
     }
 
+    /// A second handle on the connection's socket (a `dup`), for a writer thread that
+    /// frames its own messages (`tungstenite::WebSocket::from_raw_socket`, client role)
+    /// while this client keeps reading. Frames written through it and any pong this
+    /// client sends could interleave: use it only where the server sends no pings.
+    pub fn try_clone_stream(&self) -> io::Result<TcpStream> {
+        self.ws.get_ref().try_clone()
+    }
+
     /// Payloads of all pings received so far (keep-alive pings are empty; receipt pings
     /// carry an 8-byte big-endian event sequence number).
     pub fn pings_seen(&self) -> Vec<Vec<u8>> {

@@ -7,8 +7,8 @@
 //! that limit, keeping `RESERVED` descriptors for everything else.
 
 use crate::common::{json_hub, raise_open_files, rss};
-use hub_tests::json_client::JsonClient;
 use crate::report::Row;
+use hub_tests::json_client::JsonClient;
 use std::time::{Duration, Instant};
 
 /// Descriptors kept for what is not a client connection (sled's files, listeners,
@@ -35,13 +35,19 @@ pub fn run(count: usize) -> Row {
     let before = rss(&hub);
     let began = Instant::now();
     let mut clients = in_parallel((0..count).map(|_| None).collect(), |n, _| {
-        Some((JsonClient::connect(addr).expect("connect"), String::new(), n))
+        Some((
+            JsonClient::connect(addr).expect("connect"),
+            String::new(),
+            n,
+        ))
     });
     settle();
     let connected = rss(&hub);
     clients = in_parallel(clients, |n, client| {
         let (mut client, _, _) = client.expect("connected");
-        let reply = client.signup(&format!("idle{n}"), "pw", "sha256").expect("signup");
+        let reply = client
+            .signup(&format!("idle{n}"), "pw", "sha256")
+            .expect("signup");
         assert_eq!(reply["resp_code"], 0, "signup: {reply}");
         let token = reply["session"].as_str().expect("token").to_owned();
         Some((client, token, n))

@@ -11,7 +11,7 @@
 //! cargo run --release -p hub-bench -- p2p [--messages 2000] [--backlog 1000]
 //! cargo run --release -p hub-bench -- baselines [--pairs 100] [--messages 200] [--window 32]
 //! cargo run --release -p hub-bench -- store [--pairs 100] [--messages 200] [--window 32]
-//! cargo run --release -p hub-bench -- latency [--pairs 100] [--seconds 5]
+//! cargo run --release -p hub-bench -- latency [--pairs 20] [--seconds 10] [--load 10,50,80] [--durability flush|interval]
 //! cargo run --release -p hub-bench -- room-fanout [--messages 500] [--window 32]
 //! cargo run --release -p hub-bench -- idle [--clients 10000,max]
 //! cargo run --release -p hub-bench -- storm [--clients 10000] [--seconds 10] [--messages 20000]
@@ -43,7 +43,7 @@ use std::collections::HashMap;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|baselines|store|latency|room-fanout|idle|storm|backlog|all|smoke> [--pairs N] [--members N] [--clients N[,max]] [--messages N] [--backlog N] [--window N] [--rounds N] [--seconds S] [--durability flush|interval]"
+        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|baselines|store|latency|room-fanout|idle|storm|backlog|all|smoke> [--pairs N] [--members N] [--clients N[,max]] [--messages N] [--backlog N] [--window N] [--rounds N] [--seconds S] [--load PCT,..] [--durability flush|interval]"
     );
     std::process::exit(2);
 }
@@ -118,7 +118,25 @@ fn main() {
                 })
             })
             .collect(),
-        "latency" => latency::run(number("pairs", 100), seconds(&flags, 5.0), &[0.1, 0.5, 0.8]),
+        "latency" => {
+            let fractions: Vec<f64> = flags
+                .get("load")
+                .map_or("10,50,80", String::as_str)
+                .split(',')
+                .map(|pct| pct.parse::<f64>().unwrap_or_else(|_| usage()) / 100.0)
+                .collect();
+            let durability = match flags.get("durability").map(String::as_str) {
+                None | Some("flush") => "flush",
+                Some("interval") => "interval",
+                Some(_) => usage(),
+            };
+            latency::run(
+                number("pairs", latency::PAIRS),
+                seconds(&flags, 10.0),
+                &fractions,
+                durability,
+            )
+        }
         "room-fanout" => [50, 500]
             .into_iter()
             .map(|members| room::run(members, number("messages", 500), number("window", 32)))
@@ -172,7 +190,9 @@ fn all() {
         })
     }));
     report::print_and_save("throughput", &throughput);
-    report::print_and_save("latency", &latency::run(100, 5.0, &[0.1, 0.5, 0.8]));
+    let mut rows = latency::run(latency::PAIRS, 10.0, &[0.1, 0.5, 0.8], "flush");
+    rows.extend(latency::run(latency::PAIRS, 10.0, &[0.1, 0.5], "interval"));
+    report::print_and_save("latency", &rows);
     let rooms: Vec<_> = [50, 500]
         .into_iter()
         .map(|m| room::run(m, 500, 32))
@@ -219,7 +239,7 @@ fn smoke() {
         }),
     ];
     report::print_and_save("smoke-throughput", &rows);
-    rows = latency::run(10, 1.0, &[0.5]);
+    rows = latency::run(10, 1.0, &[0.5], "flush");
     report::print_and_save("smoke-latency", &rows);
     report::print_and_save("smoke-room", &[room::run(10, 50, 8)]);
     report::print_and_save("smoke-idle", &[idle::run(200)]);
