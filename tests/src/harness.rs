@@ -205,6 +205,22 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// Context switches (voluntary + involuntary) all threads of process `pid` have made so
+/// far, summed from `/proc/<pid>/task/*/status` (threads that already exited are not
+/// counted).
+pub fn process_context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 /// A running hub process.
 pub struct Hub {
     child: Option<Child>,

@@ -14,6 +14,7 @@
 use crate::common::{account, json_hub, percentile};
 use crate::relay::Relay;
 use crate::report::Row;
+use hub_tests::harness::{process_context_switches, process_cpu};
 use hub_tests::json_client::ClientError;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -217,20 +218,35 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
             ("HUB__LIMITS__WS_PING_SECS", "1800"),
             ("HUB__STORE__DURABILITY", durability),
         ]);
+        let cpu = || hub.pid().and_then(process_cpu);
+        let switches = || hub.pid().and_then(process_context_switches);
+        let (cpu_before, switches_before) = (cpu(), switches());
         let measured = drive(hub.addr("json", "main"), params, "h");
-        rows.push(row(
+        let mut hub_row = row(
             format!("hub ({durability}) at {pct}% of its max"),
             params,
             &measured,
-        ));
+        );
+        // The hub's CPU time per message over the whole run (setup included, which is
+        // small next to the load).
+        if let (Some(before), Some(after)) = (cpu_before, cpu()) {
+            let per_msg = (after - before).as_secs_f64() * 1e6 / measured.sent as f64;
+            hub_row.figures.push(("cpu_us_per_msg", per_msg));
+        }
+        // Thread switches per message: what a message costs in hand-overs between
+        // threads (each a wake-up), the cost that batching hides at full load.
+        if let (Some(before), Some(after)) = (switches_before, switches()) {
+            let per_msg = (after - before) as f64 / measured.sent as f64;
+            hub_row.figures.push(("switches_per_msg", per_msg));
+        }
+        rows.push(hub_row);
         drop(hub);
         let relay = Relay::start();
         let measured = drive(relay.addr, params, "l");
-        rows.push(row(
-            "limit (relay) at the same rate".into(),
-            params,
-            &measured,
-        ));
+        let mut relay_row = row("limit (relay) at the same rate".into(), params, &measured);
+        relay_row.figures.push(("cpu_us_per_msg", f64::NAN));
+        relay_row.figures.push(("switches_per_msg", f64::NAN));
+        rows.push(relay_row);
     }
     rows
 }

@@ -180,11 +180,11 @@ fn seconds(flags: &HashMap<String, String>, default: f64) -> f64 {
 
 /// Every issue-8 scenario at full size, each saved under its own name.
 fn all() {
-    let mut throughput = json_pairs::baselines(100, 200, 32);
+    let mut throughput = json_pairs::baselines(100, 1000, 32);
     throughput.extend(["flush", "interval"].into_iter().map(|durability| {
         store::run(store::Params {
             pairs: 100,
-            messages: 200,
+            messages: 1000,
             window: 32,
             durability,
         })
