@@ -98,6 +98,16 @@ fn profile_dir() -> PathBuf {
 }
 
 /// Builds the hub and every plugin once per test process.
+/// Environment cargo sets for a package's own processes (not build configuration).
+const PACKAGE_ENV: &[&str] = &[
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+];
+
 fn build() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -109,6 +119,16 @@ fn build() -> &'static PathBuf {
                 let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
                 let mut command = Command::new(cargo);
                 command.args(["build", "--quiet"]);
+                // Cargo describes the running test or bench package in the environment
+                // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...); ring's build script reruns
+                // when those change, so passing them on would rebuild ring and all above
+                // it on every alternation between this build and a plain one.
+                for (key, _) in std::env::vars_os() {
+                    let key = key.to_string_lossy();
+                    if PACKAGE_ENV.iter().any(|prefix| key.starts_with(prefix)) {
+                        command.env_remove(key.as_ref());
+                    }
+                }
                 if !test_only {
                     command.args(["-p", "hub"]);
                 }
