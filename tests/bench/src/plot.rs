@@ -22,7 +22,10 @@ fn escape(text: &str) -> String {
 }
 
 fn number(value: f64) -> String {
-    if value.abs() >= 100.0 {
+    if !value.is_finite() {
+        // A figure that does not apply to this run (the relay's CPU, measured in-process).
+        "n/a".into()
+    } else if value.abs() >= 100.0 {
         format!("{value:.0}")
     } else if value.abs() >= 1.0 {
         format!("{value:.1}")
