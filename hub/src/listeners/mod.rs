@@ -223,6 +223,11 @@ pub fn start(hub: Arc<HubState>, tls: Option<TlsAcceptor>) -> anyhow::Result<Run
                 .default_service(web::to(dispatch))
         })
         .workers(threads)
+        // Chat frames are small and each should leave at once: without TCP_NODELAY a
+        // frame written while the previous one waits for its TCP ACK is held back
+        // (Nagle) until the peer's delayed ACK, tens of milliseconds. The stream
+        // listeners set it on their sockets too.
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(2);
         for listener in web_listeners {
