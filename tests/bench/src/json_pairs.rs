@@ -64,35 +64,54 @@ pub fn run_on(target: Target, params: Params) -> Row {
 
 /// The hub (flush and interval), the relay and mosquitto on the same workload, each row
 /// with its throughput as a percentage of the relay's (`pct_of_limit`).
-pub fn baselines(pairs: usize, messages: usize, window: usize) -> Vec<Row> {
+///
+/// One run of the relay lasts about a second, and on a shared machine one such run can
+/// be off by half: every target runs `rounds` times, interleaved (hub, hub, relay,
+/// peer, then again), and each row is its target's median run by throughput, with the
+/// spread of its runs (`spread_pct`: (max - min) / median).
+pub fn baselines(pairs: usize, messages: usize, window: usize, rounds: usize) -> Vec<Row> {
     let params = |durability| Params {
         pairs,
         messages,
         window,
         durability,
     };
-    let mut rows = vec![
-        run_on(Target::Hub, params("flush")),
-        run_on(Target::Hub, params("interval")),
-        run_on(Target::Relay, params("flush")),
-        crate::peer::run(crate::peer::Params {
+    let rounds = rounds.max(1);
+    let mut runs: Vec<Vec<Row>> = (0..4).map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        runs[0].push(run_on(Target::Hub, params("flush")));
+        runs[1].push(run_on(Target::Hub, params("interval")));
+        runs[2].push(run_on(Target::Relay, params("flush")));
+        runs[3].push(crate::peer::run(crate::peer::Params {
             pairs,
             messages,
             window,
-        }),
-    ];
-    let rate = |row: &Row| {
-        row.figures
-            .iter()
-            .find(|(name, _)| *name == "msgs_per_sec")
-            .map_or(0.0, |(_, v)| *v)
-    };
+        }));
+    }
+    let mut rows: Vec<Row> = runs.into_iter().map(median_run).collect();
     let limit = rate(&rows[2]);
     for row in &mut rows {
         let pct = 100.0 * rate(row) / limit;
         row.figures.push(("pct_of_limit", pct));
     }
     rows
+}
+
+fn rate(row: &Row) -> f64 {
+    row.figures
+        .iter()
+        .find(|(name, _)| *name == "msgs_per_sec")
+        .map_or(0.0, |(_, v)| *v)
+}
+
+/// The median of `runs` by throughput, with `spread_pct` added.
+pub(crate) fn median_run(mut runs: Vec<Row>) -> Row {
+    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let (low, high) = (rate(&runs[0]), rate(&runs[runs.len() - 1]));
+    let mut median = runs.swap_remove(runs.len() / 2);
+    let spread = 100.0 * (high - low) / rate(&median);
+    median.figures.push(("spread_pct", spread));
+    median
 }
 
 /// A throughput row: `start` is the start-up time of the server under test (the hub's

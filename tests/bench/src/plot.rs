@@ -36,10 +36,10 @@ fn number(value: f64) -> String {
 
 /// The SVG document for `rows` of scenario `title`.
 pub fn svg(title: &str, rows: &[Row]) -> String {
-    let Some(first) = rows.first() else {
+    if rows.is_empty() {
         return String::new();
-    };
-    let columns: Vec<&'static str> = first.figures.iter().map(|(name, _)| *name).collect();
+    }
+    let columns = crate::report::columns(rows);
     let panel_h = TITLE_H + rows.len() as f64 * (BAR_H + GAP) + PAD;
     let width = LABEL_W + PANEL_W + 2.0 * PAD;
     let height = TITLE_H + PAD + columns.len() as f64 * panel_h;
@@ -55,15 +55,7 @@ pub fn svg(title: &str, rows: &[Row]) -> String {
     );
     for (c, column) in columns.iter().enumerate() {
         let top = TITLE_H + PAD + c as f64 * panel_h;
-        let values: Vec<f64> = rows
-            .iter()
-            .map(|row| {
-                row.figures
-                    .iter()
-                    .find(|(name, _)| name == column)
-                    .map_or(0.0, |(_, v)| *v)
-            })
-            .collect();
+        let values: Vec<f64> = rows.iter().map(|row| row.figure(column)).collect();
         let max = values.iter().copied().fold(0.0_f64, f64::max);
         let _ = writeln!(
             out,
@@ -73,7 +65,9 @@ pub fn svg(title: &str, rows: &[Row]) -> String {
         );
         for (r, (row, value)) in rows.iter().zip(&values).enumerate() {
             let y = top + TITLE_H + r as f64 * (BAR_H + GAP);
-            let w = if max > 0.0 {
+            let w = if !value.is_finite() {
+                0.0
+            } else if max > 0.0 {
                 (value / max * (PANEL_W - 80.0)).max(1.0)
             } else {
                 1.0

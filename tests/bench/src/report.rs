@@ -10,12 +10,47 @@ pub struct Row {
     pub figures: Vec<(&'static str, f64)>,
 }
 
-/// Prints the rows as a table and writes `target/bench/<scenario>.csv` and `.svg`.
+/// Every figure name of `rows`, in the order first seen: rows of one table may differ
+/// (the store alone has no ack latency, the hub rows have a CPU figure).
+pub fn columns(rows: &[Row]) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for (name, _) in rows.iter().flat_map(|row| &row.figures) {
+        if !names.contains(name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+impl Row {
+    /// The figure `name` (NaN: this row does not have it).
+    pub fn figure(&self, name: &str) -> f64 {
+        self.figures
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(f64::NAN, |(_, v)| *v)
+    }
+}
+
+/// `text` as one CSV field (RFC 4180: quoted when it holds a comma, quote or newline).
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Prints the rows as a table and writes `target/bench/<scenario>.csv` and `.svg`. A
+/// figure a row does not have is blank in the CSV and `-` in the table.
 pub fn print_and_save(scenario: &str, rows: &[Row]) {
-    let Some(first) = rows.first() else { return };
+    if rows.is_empty() {
+        return;
+    }
+    let columns = columns(rows);
     let mut table = format!("{:<40}", "run");
     let mut csv = String::from("run");
-    for (name, _) in &first.figures {
+    for name in &columns {
         let _ = write!(table, " {name:>16}");
         let _ = write!(csv, ",{name}");
     }
@@ -23,10 +58,18 @@ pub fn print_and_save(scenario: &str, rows: &[Row]) {
     csv.push('\n');
     for row in rows {
         let _ = write!(table, "{:<40}", row.label);
-        let _ = write!(csv, "{}", row.label);
-        for (_, value) in &row.figures {
-            let _ = write!(table, " {value:>16.1}");
-            let _ = write!(csv, ",{value}");
+        let _ = write!(csv, "{}", csv_field(&row.label));
+        for name in &columns {
+            match row.figures.iter().find(|(n, _)| n == name) {
+                Some((_, value)) => {
+                    let _ = write!(table, " {value:>16.1}");
+                    let _ = write!(csv, ",{value}");
+                }
+                None => {
+                    let _ = write!(table, " {:>16}", "-");
+                    csv.push(',');
+                }
+            }
         }
         table.push('\n');
         csv.push('\n');
@@ -42,5 +85,34 @@ pub fn print_and_save(scenario: &str, rows: &[Row]) {
         if std::fs::write(&path, crate::plot::svg(scenario, rows)).is_ok() {
             println!("plot: {}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_with_commas_or_quotes_are_quoted_in_the_csv() {
+        assert_eq!(csv_field("100 pairs"), "100 pairs");
+        assert_eq!(csv_field("100 pairs, flush"), "\"100 pairs, flush\"");
+        assert_eq!(csv_field("a \"b\""), "\"a \"\"b\"\"\"");
+    }
+
+    #[test]
+    fn columns_are_the_union_in_first_seen_order() {
+        let rows = [
+            Row {
+                label: "a".into(),
+                figures: vec![("x", 1.0), ("y", 2.0)],
+            },
+            Row {
+                label: "b".into(),
+                figures: vec![("x", 3.0), ("z", 4.0)],
+            },
+        ];
+        assert_eq!(columns(&rows), ["x", "y", "z"]);
+        assert!(rows[1].figure("y").is_nan());
+        assert_eq!(rows[1].figure("z"), 4.0);
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 const THREADS: usize = 2;
 
 /// One run's size.
+#[derive(Clone, Copy)]
 pub struct Params {
     /// Streams (one per recipient, as in the 1:1 workload).
     pub pairs: usize,
