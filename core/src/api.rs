@@ -419,25 +419,7 @@ impl Core {
                     Err(e) => return ready(Err(e)),
                 };
                 match to {
-                    Address::Room(name) => {
-                        let room = match self.resolve_room(&name) {
-                            Ok(room) => room,
-                            Err(e) => return ready(Err(e)),
-                        };
-                        let (reply, rx) = oneshot::channel();
-                        self.router.do_send(RouterMsg::ToRoom {
-                            room,
-                            msg: RoomMsg::Send {
-                                from: me,
-                                origin: ctx.origin(),
-                                content,
-                                reply,
-                                dedup: None,
-                                join: false,
-                            },
-                        });
-                        await_reply(rx)
-                    }
+                    Address::Room(name) => self.send_to_room(ctx, &name, me, content, None, false),
                     address => match self.resolve_user(&address) {
                         Ok(to) => self.append_to(ctx, to, me, EventBody::Message(content)),
                         Err(e) => ready(Err(e)),
@@ -1197,6 +1179,36 @@ impl Core {
         })
     }
 
+    /// A message from `from` to room `name`, through its room actor: `dedup` is an
+    /// idempotency key, `join` makes a puppet author a member first.
+    fn send_to_room(
+        &self,
+        ctx: &ConnContext,
+        name: &str,
+        from: UserRef,
+        content: Content,
+        dedup: Option<Vec<u8>>,
+        join: bool,
+    ) -> Pending {
+        let room = match self.resolve_room(name) {
+            Ok(room) => room,
+            Err(e) => return ready(Err(e)),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.router.do_send(RouterMsg::ToRoom {
+            room,
+            msg: RoomMsg::Send {
+                from,
+                origin: ctx.origin(),
+                content,
+                reply,
+                dedup,
+                join,
+            },
+        });
+        await_reply(rx)
+    }
+
     fn send_once(
         &self,
         ctx: &ConnContext,
@@ -1220,23 +1232,8 @@ impl Core {
         };
         match to {
             Address::Room(name) => {
-                let room = match self.resolve_room(&name) {
-                    Ok(room) => room,
-                    Err(e) => return ready(Err(e)),
-                };
-                let (reply, rx) = oneshot::channel();
-                self.router.do_send(RouterMsg::ToRoom {
-                    room,
-                    msg: RoomMsg::Send {
-                        from: author,
-                        origin: ctx.origin(),
-                        content,
-                        reply,
-                        dedup: Some(key),
-                        join: from.is_some(),
-                    },
-                });
-                await_reply(rx)
+                let join = from.is_some();
+                self.send_to_room(ctx, &name, author, content, Some(key), join)
             }
             address => match self.resolve_user(&address) {
                 Ok(to) => {
