@@ -17,11 +17,12 @@ use crate::group::{Group, GENERATOR};
 use crate::wire::{self, ErrCode, Refusal, Request};
 use crate::{Config, SCHEME_MESSAGE};
 use hub_plugin_sdk::{
-    Address, Answer, CloseReason, Command, Content, CoreError, CorrelationId, Delivery, HubEvent,
-    Input, KeyAgreement, KeyStep, LogLevel, Now, Op, Output, Session, Transmit, UserRef, WsMessage,
+    fire_and_forget, Address, Answer, Awaiting, CloseReason, Content, CoreError, CorrelationId,
+    Delivery, HubEvent, Input, KeyAgreement, KeyStep, LogLevel, Now, Op, Output, Session, Transmit,
+    UserRef, WsMessage,
 };
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// What an outstanding command was for.
@@ -58,8 +59,7 @@ pub struct CchatSession {
     group: Arc<Group>,
     out: VecDeque<Output>,
     state: State,
-    next_id: u64,
-    inflight: HashMap<u64, Purpose>,
+    inflight: Awaiting<Purpose>,
     /// `message_0`s sent to the core and not yet answered.
     sends: usize,
     /// For each `keyxchg_1` sent and not answered: was it a final step?
@@ -82,8 +82,7 @@ impl CchatSession {
             group,
             out: VecDeque::new(),
             state: State::ExpectJoin,
-            next_id: 1,
-            inflight: HashMap::new(),
+            inflight: Awaiting::new(),
             sends: 0,
             steps: VecDeque::new(),
             key_ready: false,
@@ -141,20 +140,12 @@ impl CchatSession {
     }
 
     fn command(&mut self, op: Op, purpose: Purpose) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.inflight.insert(id, purpose);
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId(id),
-            op,
-        }));
+        let output = self.inflight.command(op, purpose);
+        self.out.push_back(output);
     }
 
     fn fire_and_forget(&mut self, op: Op) {
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId::NONE,
-            op,
-        }));
+        self.out.push_back(fire_and_forget(op));
     }
 
     /// The room the client joined (or is joining).
@@ -295,7 +286,7 @@ impl CchatSession {
     }
 
     fn on_answer(&mut self, id: CorrelationId, result: Result<Answer, CoreError>) {
-        let Some(purpose) = self.inflight.remove(&id.0) else {
+        let Some(purpose) = self.inflight.answered(id) else {
             return;
         };
         match (purpose, result) {

@@ -19,8 +19,9 @@ use crate::wire::{refusal_object, success, Refusal, Request, RespCode};
 use crate::Config;
 use hub_plugin_sdk::receipt::Receipts;
 use hub_plugin_sdk::{
-    Address, Answer, CallId, CloseReason, Command, Content, CoreError, CorrelationId, HubEvent,
-    Input, LogLevel, Now, Op, Output, PasswordScheme, Session, Transmit, UserRef, WsMessage,
+    fire_and_forget, Address, Answer, Awaiting, CallId, CloseReason, Content, CoreError,
+    CorrelationId, HubEvent, Input, LogLevel, Now, Op, Output, PasswordScheme, Session, Transmit,
+    UserRef, WsMessage,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -61,8 +62,7 @@ const TOKEN_CACHE: usize = 16;
 pub struct JsonSession {
     config: Arc<Config>,
     out: VecDeque<Output>,
-    next_id: u64,
-    inflight: HashMap<u64, Purpose>,
+    inflight: Awaiting<Purpose>,
     /// Checked tokens: the user, or `None` for a refused token.
     tokens: HashMap<String, Option<UserRef>>,
     identity: Option<UserRef>,
@@ -89,8 +89,7 @@ impl JsonSession {
         JsonSession {
             config,
             out: VecDeque::new(),
-            next_id: 1,
-            inflight: HashMap::new(),
+            inflight: Awaiting::new(),
             tokens: HashMap::new(),
             identity: None,
             subscribed: false,
@@ -144,20 +143,12 @@ impl JsonSession {
     }
 
     fn command(&mut self, op: Op, purpose: Purpose) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.inflight.insert(id, purpose);
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId(id),
-            op,
-        }));
+        let output = self.inflight.command(op, purpose);
+        self.out.push_back(output);
     }
 
     fn fire_and_forget(&mut self, op: Op) {
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId::NONE,
-            op,
-        }));
+        self.out.push_back(fire_and_forget(op));
     }
 
     fn busy(&self) -> bool {
@@ -404,7 +395,7 @@ impl JsonSession {
     }
 
     fn on_answer(&mut self, id: CorrelationId, result: Result<Answer, CoreError>) {
-        let Some(purpose) = self.inflight.remove(&id.0) else {
+        let Some(purpose) = self.inflight.answered(id) else {
             return; // answers to fire-and-forget commands
         };
         match purpose {

@@ -10,8 +10,8 @@ use crate::contact::{self, Contact, State};
 use crate::wire::{self, Gui, NetMessage, Refusal, Request};
 use crate::{Config, SCHEME_MESSAGE};
 use hub_plugin_sdk::{
-    Address, Answer, Command, Content, CoreError, CorrelationId, Delivery, EventBody, HttpResponse,
-    Input, LogLevel, Now, Op, Output, Seq, Session, Transmit, UserRef,
+    fire_and_forget, Address, Answer, Awaiting, Content, CoreError, Delivery, EventBody,
+    HttpResponse, Input, LogLevel, Now, Op, Output, Seq, Session, Transmit, UserRef,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -51,8 +51,7 @@ pub struct RequestSession {
     /// The requesting peer's IP.
     peer_ip: String,
     out: VecDeque<Output>,
-    next_id: u64,
-    waiting: HashMap<u64, Then>,
+    waiting: Awaiting<Then>,
     answered: bool,
     /// A sample-dialect request: refusals say `received: 0`.
     sample: bool,
@@ -68,8 +67,7 @@ impl RequestSession {
             our,
             peer_ip,
             out: VecDeque::new(),
-            next_id: 1,
-            waiting: HashMap::new(),
+            waiting: Awaiting::new(),
             answered: false,
             sample: false,
             batch: None,
@@ -120,20 +118,12 @@ impl RequestSession {
         op: Op,
         then: impl FnOnce(&mut RequestSession, Result<Answer, CoreError>) + Send + 'static,
     ) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.waiting.insert(id, Box::new(then));
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId(id),
-            op,
-        }));
+        let output = self.waiting.command(op, Box::new(then));
+        self.out.push_back(output);
     }
 
     fn tell(&mut self, op: Op) {
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId::NONE,
-            op,
-        }));
+        self.out.push_back(fire_and_forget(op));
     }
 
     fn signal(&mut self, what: &str, address: &str) {
@@ -901,7 +891,7 @@ impl Session for RequestSession {
                 Err(refusal) => self.refuse(refusal),
             },
             Input::Event(hub_plugin_sdk::HubEvent::Answer { id, result }) => {
-                if let Some(then) = self.waiting.remove(&id.0) {
+                if let Some(then) = self.waiting.answered(id) {
                     then(self, result);
                 }
             }

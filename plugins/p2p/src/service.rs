@@ -23,9 +23,9 @@ use crate::contact::{self, Contact, State};
 use crate::wire::NetMessage;
 use crate::{Config, SCHEME_MESSAGE};
 use hub_plugin_sdk::{
-    Answer, Command, Content, CoreError, CorrelationId, Delivery, EventBody, FetchError,
-    FetchRequest, HttpResponse, HubEvent, Input, LogLevel, Now, Op, Output, Seq, Session,
-    Target as HubTarget, UserId,
+    fire_and_forget, Answer, Awaiting, Content, CoreError, CorrelationId, Delivery, EventBody,
+    FetchError, FetchRequest, HttpResponse, HubEvent, Input, LogLevel, Now, Op, Output, Seq,
+    Session, Target as HubTarget, UserId,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -87,8 +87,9 @@ pub struct ServiceSession {
     config: Arc<Config>,
     our: Option<Node>,
     out: VecDeque<Output>,
-    next_id: u64,
-    jobs: HashMap<u64, Job>,
+    jobs: Awaiting<Job>,
+    /// The id of the next fetch (fetches have ids of their own, apart from commands').
+    next_fetch: u64,
     fetches: HashMap<u64, FetchJob>,
     contacts: BTreeMap<Node, Contact>,
     states: BTreeMap<Node, State>,
@@ -118,8 +119,8 @@ impl ServiceSession {
             config,
             our,
             out: VecDeque::new(),
-            next_id: 1,
-            jobs: HashMap::new(),
+            jobs: Awaiting::new(),
+            next_fetch: 1,
             fetches: HashMap::new(),
             contacts: BTreeMap::new(),
             states: BTreeMap::new(),
@@ -154,20 +155,12 @@ impl ServiceSession {
     }
 
     fn command(&mut self, op: Op, job: Job) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.jobs.insert(id, job);
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId(id),
-            op,
-        }));
+        let output = self.jobs.command(op, job);
+        self.out.push_back(output);
     }
 
     fn tell(&mut self, op: Op) {
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId::NONE,
-            op,
-        }));
+        self.out.push_back(fire_and_forget(op));
     }
 
     /// Sends an action to a node (if fewer than `MAX_FETCHES` are in flight).
@@ -175,8 +168,8 @@ impl ServiceSession {
         if self.fetches.len() >= MAX_FETCHES {
             return false;
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.next_fetch;
+        self.next_fetch += 1;
         self.fetches.insert(id, job);
         self.out.push_back(Output::Fetch(FetchRequest {
             id,
@@ -490,7 +483,7 @@ impl ServiceSession {
     // ----- answers -----------------------------------------------------------------
 
     fn on_answer(&mut self, id: CorrelationId, result: Result<Answer, CoreError>) {
-        let Some(job) = self.jobs.remove(&id.0) else {
+        let Some(job) = self.jobs.answered(id) else {
             return;
         };
         match (job, result) {

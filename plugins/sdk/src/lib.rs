@@ -83,6 +83,7 @@
 #![deny(unsafe_code)]
 
 pub mod abi;
+mod awaiting;
 mod command;
 mod event;
 #[doc(hidden)]
@@ -94,6 +95,7 @@ mod plugin;
 pub mod receipt;
 pub mod testing;
 
+pub use awaiting::{fire_and_forget, Awaiting};
 pub use command::{
     Answer, Command, ContactEntry, ContactState, CoreError, HubEvent, KeyAgreement, KeyStep, Op,
     PasswordScheme, PublicKey, UserStatus,

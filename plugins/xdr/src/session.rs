@@ -23,9 +23,9 @@ use crate::payload::{self, Inbox, Rpc};
 use crate::Config;
 use hub_plugin_sdk::receipt::Receipts;
 use hub_plugin_sdk::{
-    Address, Answer, CloseReason, Command, Content, CoreError, CorrelationId, Delivery, HubEvent,
-    Input, LogLevel, Now, Op, Output, Seq, Session, Transmit, UserId, UserRef, UserStatus,
-    WsMessage,
+    fire_and_forget, Address, Answer, Awaiting, CloseReason, Content, CoreError, Delivery,
+    HubEvent, Input, LogLevel, Now, Op, Output, Seq, Session, Transmit, UserId, UserRef,
+    UserStatus, WsMessage,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -138,8 +138,7 @@ pub struct XdrSession {
     out: VecDeque<Output>,
     state: State,
     link: Option<Link>,
-    next_id: u64,
-    inflight: HashMap<u64, Purpose>,
+    inflight: Awaiting<Purpose>,
     presence: HashMap<u64, PresenceQuery>,
     next_query: u64,
     /// Events that overtook the answer to `Bind`.
@@ -162,8 +161,7 @@ impl XdrSession {
             out: VecDeque::new(),
             state: State::ExpectHello,
             link: None,
-            next_id: 1,
-            inflight: HashMap::new(),
+            inflight: Awaiting::new(),
             presence: HashMap::new(),
             next_query: 1,
             early: Vec::new(),
@@ -222,20 +220,12 @@ impl XdrSession {
     }
 
     fn command(&mut self, op: Op, purpose: Purpose) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.inflight.insert(id, purpose);
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId(id),
-            op,
-        }));
+        let output = self.inflight.command(op, purpose);
+        self.out.push_back(output);
     }
 
     fn fire_and_forget(&mut self, op: Op) {
-        self.out.push_back(Output::Command(Command {
-            id: CorrelationId::NONE,
-            op,
-        }));
+        self.out.push_back(fire_and_forget(op));
     }
 
     fn sequence_key(user: UserId) -> Vec<u8> {
@@ -749,7 +739,7 @@ impl XdrSession {
         }
         match event {
             HubEvent::Answer { id, result } => {
-                let Some(purpose) = self.inflight.remove(&id.0) else {
+                let Some(purpose) = self.inflight.answered(id) else {
                     return;
                 };
                 match (&self.state, purpose) {
