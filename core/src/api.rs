@@ -570,22 +570,8 @@ impl Core {
                     Ok(cursor) => cursor,
                     Err(e) => return ready(Err(internal(e))),
                 };
-                let (reply, rx) = oneshot::channel();
-                self.router.do_send(RouterMsg::ToUser {
-                    user: puppet,
-                    msg: UserMsg::History {
-                        before,
-                        limit: (limit as usize).min(MAX_PAGE),
-                        reply,
-                    },
-                });
-                Box::pin(async move {
-                    rx.await
-                        .unwrap_or_else(|_| {
-                            Err(CoreError::Internal("the core is shutting down".into()))
-                        })
-                        .map(|page| Answer::PuppetPage { page, cursor })
-                })
+                let page = self.history(puppet, before, limit as usize);
+                Box::pin(async move { page.await.map(|page| Answer::PuppetPage { page, cursor }) })
             }
             Op::SendOnce {
                 key,
@@ -612,22 +598,8 @@ impl Core {
                     Ok(me) => me,
                     Err(e) => return ready(Err(e)),
                 };
-                let (reply, rx) = oneshot::channel();
-                self.router.do_send(RouterMsg::ToUser {
-                    user: me,
-                    msg: UserMsg::History {
-                        before,
-                        limit: (limit as usize).min(MAX_PAGE),
-                        reply,
-                    },
-                });
-                Box::pin(async move {
-                    rx.await
-                        .unwrap_or_else(|_| {
-                            Err(CoreError::Internal("the core is shutting down".into()))
-                        })
-                        .map(Answer::History)
-                })
+                let page = self.history(me, before, limit as usize);
+                Box::pin(async move { page.await.map(Answer::History) })
             }
             Op::RoomHistory {
                 room,
@@ -1177,6 +1149,30 @@ impl Core {
                 Err(_) => Err(CoreError::Internal("the core is shutting down".into())),
             }
         })
+    }
+
+    /// A page of `user`'s stream before `before` (at most `MAX_PAGE`), from its user
+    /// actor.
+    fn history(
+        &self,
+        user: UserRef,
+        before: hub_plugin_sdk::Seq,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<hub_plugin_sdk::Delivery>, CoreError>> + Send + 'static
+    {
+        let (reply, rx) = oneshot::channel();
+        self.router.do_send(RouterMsg::ToUser {
+            user,
+            msg: UserMsg::History {
+                before,
+                limit: limit.min(MAX_PAGE),
+                reply,
+            },
+        });
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(CoreError::Internal("the core is shutting down".into())))
+        }
     }
 
     /// A message from `from` to room `name`, through its room actor: `dedup` is an
