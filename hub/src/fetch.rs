@@ -106,16 +106,7 @@ async fn perform(
         awc::error::PayloadError::Overflow => FetchError::TooLarge,
         other => FetchError::Unreachable(other.to_string()),
     })?;
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = crate::listeners::http::header_pairs(response.headers());
     Ok(HttpResponse {
         status: response.status().as_u16(),
         headers,

@@ -13,6 +13,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// HTTP headers as the plugin SDK carries them: (name, value) pairs, values read as
+/// UTF-8 with anything else replaced. For requests the hub serves and responses to
+/// the requests it fetches for plugins alike.
+pub(crate) fn header_pairs(headers: &actix_web::http::header::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 fn plain(status: u16, text: &str) -> HttpResponse {
     HttpResponse::build(
         actix_web::http::StatusCode::from_u16(status)

@@ -113,16 +113,7 @@ async fn dispatch(
                         .body(format!("body over {max_frame} bytes\n"))
                 }
             };
-            let headers = request
-                .headers()
-                .iter()
-                .map(|(name, value)| {
-                    (
-                        name.as_str().to_owned(),
-                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = http::header_pairs(request.headers());
             let target = request
                 .uri()
                 .path_and_query()
