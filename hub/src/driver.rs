@@ -44,7 +44,11 @@ pub struct Driver {
     session: PluginSession,
     /// The core's view of the connection.
     pub conn: ConnContext,
-    timer: Option<SpawnHandle>,
+    /// The armed timer and the time it fires at (`Now::mono_ms`); it may fire before
+    /// `deadline`, which then arms it again.
+    timer: Option<(SpawnHandle, u64)>,
+    /// When the session wants `Input::Timeout` (its last `Output::Timeout`).
+    deadline: Option<u64>,
     /// Span for the connection's log lines.
     pub span: tracing::Span,
     closed_fed: bool,
@@ -93,6 +97,7 @@ impl Driver {
             hub,
             session,
             timer: None,
+            deadline: None,
             span,
             closed_fed: false,
             reported_user: false,
@@ -263,16 +268,21 @@ where
                     continue;
                 }
                 let driver = act.driver();
-                if let Some(timer) = driver.timer.take() {
-                    ctx.cancel_future(timer);
-                }
-                if let Some(deadline) = deadline {
-                    let wait = deadline.saturating_sub(now.mono_ms);
-                    let handle = ctx.run_later(Duration::from_millis(wait), |act, ctx| {
-                        act.driver().timer = None;
-                        feed(act, ctx, Input::Timeout);
-                    });
-                    act.driver().timer = Some(handle);
+                driver.deadline = deadline;
+                // Sessions restate their deadline after every input and usually move it
+                // later (a retry pushed back): a timer that fires too early costs one
+                // wake-up and is armed again, where re-arming on each input would cost a
+                // timer per message. Only an earlier deadline replaces the armed timer.
+                let early_enough = match (deadline, driver.timer) {
+                    (None, _) => true,
+                    (Some(wanted), Some((_, armed))) => armed <= wanted,
+                    (Some(_), None) => false,
+                };
+                if !early_enough {
+                    if let Some((timer, _)) = driver.timer.take() {
+                        ctx.cancel_future(timer);
+                    }
+                    arm_timer(act, ctx, now.mono_ms);
                 }
             }
         }
@@ -284,6 +294,30 @@ where
             driver.reported_user = true;
         }
     }
+}
+
+/// Arms the timer for the session's deadline, if it has one (none is armed).
+fn arm_timer<A>(act: &mut A, ctx: &mut A::Context, now_ms: u64)
+where
+    A: Connection,
+    A::Context: AsyncContext<A>,
+{
+    let Some(deadline) = act.driver().deadline else {
+        return;
+    };
+    let wait = Duration::from_millis(deadline.saturating_sub(now_ms));
+    let handle = ctx.run_later(wait, |act, ctx| {
+        let driver = act.driver();
+        driver.timer = None;
+        let now_ms = driver.hub.now().mono_ms;
+        match driver.deadline {
+            Some(deadline) if deadline <= now_ms => feed(act, ctx, Input::Timeout),
+            // The deadline moved later after this timer was armed.
+            Some(_) => arm_timer(act, ctx, now_ms),
+            None => {}
+        }
+    });
+    act.driver().timer = Some((handle, deadline));
 }
 
 fn run_command<A>(act: &mut A, ctx: &mut A::Context, command: hub_plugin_sdk::Command)
