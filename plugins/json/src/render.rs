@@ -3,6 +3,7 @@
 use hub_plugin_sdk::{
     CallNotice, ContactNotice, Content, EventBody, EventRecord, RoomNotice, Target, UserRef,
 };
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 /// Sealed-content schemes this plugin produces (`json/<request type>`).
@@ -20,6 +21,73 @@ fn dest_of(event: &EventRecord) -> String {
         Target::User(user) => user.handle.clone(),
         Target::Room(room) => room_address(&room.name),
     }
+}
+
+/// A value as the text of one frame.
+pub fn to_text(value: &Value) -> String {
+    // `Value`'s `Display` writes through a `fmt::Formatter`, token by token; the
+    // serializer writes into one buffer. A `Value` (string keys only) always serializes.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// A text message as delivered, serialized without building a [`Value`]. The fields are
+/// in the order a `Value` (a sorted map) prints them: both paths write the same bytes.
+#[derive(Serialize)]
+struct TextMessage<'a> {
+    dest: &'a str,
+    message: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// The frame delivered for `event` ([`event_object`] as text): text messages, most of
+/// the traffic, are written directly.
+pub fn event_text(event: &EventRecord) -> Result<String, String> {
+    match &event.body {
+        EventBody::Message(
+            Content::Text(text)
+            | Content::Native {
+                fallback: Some(text),
+                ..
+            },
+        ) => {
+            let dest = dest_of(event);
+            let message = TextMessage {
+                dest: &dest,
+                message: text,
+                source: &event.from.handle,
+                kind: "message",
+            };
+            serde_json::to_string(&message).map_err(|e| e.to_string())
+        }
+        _ => event_object(event).map(|object| to_text(&object)),
+    }
+}
+
+/// The acknowledgement of a stored request: `{type: "ack", request, id, resp_code: 0
+/// [, event]}`, fields in sorted order as a `Value` prints them.
+#[derive(Serialize)]
+struct Ack<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<u64>,
+    id: &'a Value,
+    request: &'a str,
+    resp_code: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// The `ack` frame for request `kind` with correlation `id` (and the stored event's id).
+pub fn ack_text(kind: &str, id: &Value, event: Option<u64>) -> String {
+    let ack = Ack {
+        event,
+        id,
+        request: kind,
+        resp_code: 0,
+        kind: "ack",
+    };
+    serde_json::to_string(&ack).unwrap_or_default()
 }
 
 /// The object delivered for `event`, or `None` with a reason for events this protocol
@@ -117,4 +185,87 @@ pub fn presence_object(user: &UserRef, online: bool) -> Value {
         "source": user.handle,
         "status": if online { "online" } else { "offline" },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hub_plugin_sdk::{EventId, Origin, RoomId, RoomRef, UserId};
+
+    fn record(to: Target, content: Content) -> EventRecord {
+        EventRecord {
+            id: EventId(7),
+            at_unix_ms: 0,
+            origin: Origin {
+                plugin: "json".into(),
+                conn: None,
+            },
+            from: UserRef {
+                id: UserId(1),
+                handle: "bob \"the\" builder".into(),
+            },
+            to,
+            body: EventBody::Message(content),
+        }
+    }
+
+    /// The direct renderings write exactly what rendering through a `Value` writes.
+    #[test]
+    fn direct_text_matches_the_value_rendering() {
+        let alice = Target::User(UserRef {
+            id: UserId(2),
+            handle: "alice".into(),
+        });
+        let room = Target::Room(RoomRef {
+            id: RoomId(3),
+            name: "lobby".into(),
+        });
+        let contents = [
+            Content::Text("hello \u{e9}\n\"quoted\" \\ </script>".into()),
+            Content::Native {
+                scheme: "retro/chat".into(),
+                bytes: vec![1, 2, 3],
+                fallback: Some("from retro".into()),
+            },
+            Content::Sealed {
+                scheme: SCHEME_MESSAGE.into(),
+                bytes: br#"{"message":"c2VhbGVk","nonce":"bm9uY2U="}"#.to_vec(),
+            },
+        ];
+        for to in [alice, room] {
+            for content in &contents {
+                let event = record(to.clone(), content.clone());
+                let direct = event_text(&event).unwrap();
+                let through_value = to_text(&event_object(&event).unwrap());
+                assert_eq!(direct, through_value);
+                let parsed: Value = serde_json::from_str(&direct).unwrap();
+                assert_eq!(parsed["source"], "bob \"the\" builder");
+            }
+        }
+        let unshowable = record(
+            Target::User(UserRef {
+                id: UserId(2),
+                handle: "alice".into(),
+            }),
+            Content::Sealed {
+                scheme: "retro/sealed".into(),
+                bytes: vec![0],
+            },
+        );
+        assert!(event_text(&unshowable).is_err());
+    }
+
+    #[test]
+    fn ack_matches_the_value_rendering() {
+        for id in [json!(5), json!("m-1"), json!({"n": [1, 2]})] {
+            for event in [Some(99), None] {
+                let mut value =
+                    json!({ "type": "ack", "request": "message", "id": id, "resp_code": 0 });
+                if let Some(event) = event {
+                    value["event"] = json!(event);
+                }
+                assert_eq!(ack_text("message", &id, event), to_text(&value));
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@
 //! Deliveries are acknowledged to the core with a WebSocket ping carrying the last
 //! delivered sequence number: the client's pong proves it read everything before it.
 
-use crate::render::{event_object, presence_object, SCHEME_KEY_EXCHANGE, SCHEME_MESSAGE};
+use crate::render::{event_text, presence_object, SCHEME_KEY_EXCHANGE, SCHEME_MESSAGE};
 use crate::wire::{refusal_object, success, Refusal, Request, RespCode};
 use crate::Config;
 use hub_plugin_sdk::receipt::Receipts;
@@ -106,10 +106,12 @@ impl JsonSession {
     }
 
     fn send(&mut self, value: Value) {
+        self.send_text(crate::render::to_text(&value));
+    }
+
+    fn send_text(&mut self, text: String) {
         self.out
-            .push_back(Output::Transmit(Transmit::Message(WsMessage::Text(
-                value.to_string(),
-            ))));
+            .push_back(Output::Transmit(Transmit::Message(WsMessage::Text(text))));
     }
 
     fn log(&mut self, level: LogLevel, message: impl Into<String>) {
@@ -509,12 +511,11 @@ impl JsonSession {
                     // Spec messages get no reply of their own; a client that sent an "id"
                     // gets an "ack" once the hub has stored the event (hub extension).
                     if let Some(id) = id {
-                        let mut ack =
-                            json!({ "type": "ack", "request": kind, "id": id, "resp_code": 0 });
-                        if let Answer::Accepted { event } = answer {
-                            ack["event"] = json!(event.0);
-                        }
-                        self.send(ack);
+                        let event = match answer {
+                            Answer::Accepted { event } => Some(event.0),
+                            _ => None,
+                        };
+                        self.send_text(crate::render::ack_text(&kind, &id, event));
                     }
                 }
             },
@@ -580,8 +581,8 @@ impl JsonSession {
         match event {
             HubEvent::Answer { id, result } => self.on_answer(id, result),
             HubEvent::Deliver(delivery) => {
-                match event_object(&delivery.event) {
-                    Ok(object) => self.send(object),
+                match event_text(&delivery.event) {
+                    Ok(text) => self.send_text(text),
                     Err(why) => self.log(
                         LogLevel::Warn,
                         format!("event {} not shown: {why}", delivery.event.id.0),
