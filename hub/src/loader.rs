@@ -306,7 +306,7 @@ impl PluginSession {
         if self.poisoned {
             return Err(SessionFault::Poisoned);
         }
-        let bytes = postcard::to_allocvec(&(now, input)).expect("encoding an Input");
+        let bytes = hub_plugin_sdk::abi::encode(&(now, input)).expect("encoding an Input");
         let table = self.instance.library.table();
         let mut out = RBuf::empty();
         // SAFETY: the session is live and used by this thread only; the slice is live.

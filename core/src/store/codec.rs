@@ -8,10 +8,13 @@ const VALUE_V1: u8 = 1;
 
 /// Encodes a value as `VALUE_V1 ‖ postcard`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![VALUE_V1];
-    // postcard to a Vec only fails for types serde cannot express, never for ours.
-    out.extend(postcard::to_allocvec(value).expect("postcard encoding of a store record"));
-    out
+    // postcard to a Vec only fails for types serde cannot express, never for ours. The
+    // size is measured first so the buffer is allocated once, not grown from empty.
+    let size = postcard::experimental::serialized_size(value)
+        .expect("postcard encoding of a store record");
+    let mut out = Vec::with_capacity(1 + size);
+    out.push(VALUE_V1);
+    postcard::to_extend(value, out).expect("postcard encoding of a store record")
 }
 
 /// Decodes a value written by [`encode`].

@@ -48,6 +48,14 @@ pub const SCHEMA_HASH: u64 = fnv1a(concat!(
     include_str!("manifest.rs"),
 ));
 
+/// Postcard-encodes `value` into a buffer of exactly its size. `postcard::to_allocvec`
+/// grows its buffer from empty, a dozen reallocations for a delivery; measuring first
+/// costs one pass that writes nothing.
+pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let size = postcard::experimental::serialized_size(value)?;
+    postcard::to_extend(value, Vec::with_capacity(size))
+}
+
 /// The one symbol a plugin exports (NUL-terminated for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"hub_plugin_entry\0";
 

@@ -156,7 +156,7 @@ unsafe extern "C" fn drive<P: Protocol>(
             let (now, input): (Now, Input) =
                 postcard::from_bytes(input).map_err(|e| format!("input decoding: {e}"))?;
             let outputs: Vec<Output> = drive_session(state, now, input);
-            postcard::to_allocvec(&outputs).map_err(|e| format!("output encoding: {e}"))
+            crate::abi::encode(&outputs).map_err(|e| format!("output encoding: {e}"))
         })
     }
 }
