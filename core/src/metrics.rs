@@ -17,6 +17,8 @@ pub struct Metrics {
     pub delivered: AtomicU64,
     /// Sessions dropped as slow readers.
     pub slow_readers: AtomicU64,
+    /// Proofs of receipt (`Op::Ack`) handled by user actors.
+    pub acks: AtomicU64,
     /// Active user actors.
     pub user_actors: AtomicI64,
     /// Active room actors.
@@ -80,6 +82,11 @@ impl Metrics {
                 "hub_slow_readers_total",
                 "Sessions dropped as slow readers",
                 self.slow_readers.load(Relaxed),
+            ),
+            (
+                "hub_acks_total",
+                "Proofs of receipt handled",
+                self.acks.load(Relaxed),
             ),
             (
                 "hub_store_flush_waiters_total",

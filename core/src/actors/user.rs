@@ -463,6 +463,7 @@ impl Handler<ToUserActor> for UserActor {
                 }
             }
             UserMsg::Ack { through } => {
+                self.shared.metrics.acks.fetch_add(1, Relaxed);
                 // Never past what is durable: an ack cannot prove more than exists.
                 let through = through.min(self.durable_through);
                 if let Err(e) = self.shared.store.advance_cursor(self.user.id, through) {

@@ -9,7 +9,7 @@
 use crate::common::{account, json_hub, percentile};
 use crate::relay::Relay;
 use crate::report::Row;
-use hub_tests::harness::process_cpu;
+use hub_tests::harness::{process_cpu, Hub};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
@@ -48,16 +48,36 @@ pub fn run_on(target: Target, params: Params) -> Row {
     match target {
         Target::Hub => {
             let hub = json_hub(&[("HUB__STORE__DURABILITY", params.durability)]);
-            let pid = hub.pid().expect("running");
-            let (elapsed, latencies, cpu) = drive(hub.addr("json", "main"), &params, Some(pid));
+            let run = drive(hub.addr("json", "main"), &params, Some(&hub));
             let label = format!("{} pairs, {}", params.pairs, params.durability);
-            row(label, &params, elapsed, latencies, hub.start_time, cpu)
+            let mut row = row(
+                label,
+                &params,
+                run.elapsed,
+                run.latencies,
+                hub.start_time,
+                run.cpu,
+            );
+            let total = (params.pairs * params.messages) as f64;
+            let [acks, flushes, waiters] = run.counters;
+            // Proofs of receipt (each a cursor write) and group commits per message.
+            row.figures.push(("acks_per_msg", acks / total));
+            row.figures.push(("msgs_per_flush", total / flushes));
+            row.figures.push(("waiters_per_flush", waiters / flushes));
+            row
         }
         Target::Relay => {
             let relay = Relay::start();
-            let (elapsed, latencies, _) = drive(relay.addr, &params, None);
+            let run = drive(relay.addr, &params, None);
             let label = format!("{} pairs, limit (relay)", params.pairs);
-            row(label, &params, elapsed, latencies, relay.start_time, None)
+            row(
+                label,
+                &params,
+                run.elapsed,
+                run.latencies,
+                relay.start_time,
+                None,
+            )
         }
     }
 }
@@ -146,15 +166,29 @@ pub(crate) fn row(
     }
 }
 
-/// The workload against the JSON server at `addr`: (elapsed from the start signal until
-/// every message is received and acknowledged, ack latencies in ms, CPU time process
-/// `server` used meanwhile).
-fn drive(
-    addr: SocketAddr,
-    params: &Params,
-    server: Option<u32>,
-) -> (Duration, Vec<f64>, Option<Duration>) {
-    let cpu = || server.and_then(process_cpu);
+/// The hub's counters [`Run::counters`] holds, as `/metrics` names them.
+const COUNTERS: [&str; 3] = [
+    "hub_acks_total",
+    "hub_store_flush_seconds_count",
+    "hub_store_flush_waiters_total",
+];
+
+/// What one drive measured.
+struct Run {
+    /// From the start signal until every message is received and acknowledged.
+    elapsed: Duration,
+    /// Ack latencies, ms.
+    latencies: Vec<f64>,
+    /// CPU time the hub used meanwhile (not for the relay).
+    cpu: Option<Duration>,
+    /// How much each of [`COUNTERS`] grew meanwhile (NaN for the relay).
+    counters: [f64; 3],
+}
+
+/// The workload against the JSON server at `addr`, which is `hub` unless it is the relay.
+fn drive(addr: SocketAddr, params: &Params, hub: Option<&Hub>) -> Run {
+    let cpu = || hub.and_then(Hub::pid).and_then(process_cpu);
+    let counters = || COUNTERS.map(|name| hub.and_then(|h| h.metric(name)).unwrap_or(f64::NAN));
     let payload = "x".repeat(100);
     let start = Arc::new(Barrier::new(params.pairs * 2 + 1));
     let mut receivers = Vec::new();
@@ -200,6 +234,7 @@ fn drive(
     start.wait();
     let began = Instant::now();
     let cpu_before = cpu();
+    let counters_before = counters();
     let latencies: Vec<f64> = senders
         .into_iter()
         .flat_map(|s| s.join().expect("sender"))
@@ -211,5 +246,11 @@ fn drive(
         .max()
         .unwrap_or(began);
     let used = cpu().zip(cpu_before).map(|(after, before)| after - before);
-    (done.duration_since(began).max(acked), latencies, used)
+    let counters_after = counters();
+    Run {
+        elapsed: done.duration_since(began).max(acked),
+        latencies,
+        cpu: used,
+        counters: std::array::from_fn(|i| counters_after[i] - counters_before[i]),
+    }
 }
