@@ -48,7 +48,14 @@ pub struct ConnContext {
     puppets: Vec<UserRef>,
     upload: Option<Upload>,
     download: Option<Download>,
+    /// Users this connection recently sent to by handle, newest last (at most
+    /// [`RECENT_HANDLES`]): handles are never renamed or freed, so a resolved handle
+    /// stays right and a chat's every message need not read the handles tree.
+    recent: Vec<UserRef>,
 }
+
+/// Handles a connection's send path remembers resolved.
+const RECENT_HANDLES: usize = 8;
 
 impl ConnContext {
     /// A new connection's context.
@@ -64,6 +71,7 @@ impl ConnContext {
             puppets: Vec::new(),
             upload: None,
             download: None,
+            recent: Vec::new(),
         }
     }
 
@@ -252,6 +260,26 @@ impl Core {
         }
     }
 
+    /// [`Core::resolve_user`] through the connection's recently used handles.
+    fn resolve_recent(
+        &self,
+        ctx: &mut ConnContext,
+        address: &Address,
+    ) -> Result<UserRef, CoreError> {
+        let Address::Handle(handle) = address else {
+            return self.resolve_user(address);
+        };
+        if let Some(user) = ctx.recent.iter().find(|u| &u.handle == handle) {
+            return Ok(user.clone());
+        }
+        let user = self.resolve_user(address)?;
+        if ctx.recent.len() >= RECENT_HANDLES {
+            ctx.recent.remove(0);
+        }
+        ctx.recent.push(user.clone());
+        Ok(user)
+    }
+
     fn resolve_room(&self, name: &str) -> Result<RoomRef, CoreError> {
         let id = self
             .shared
@@ -420,7 +448,7 @@ impl Core {
                 };
                 match to {
                     Address::Room(name) => self.send_to_room(ctx, &name, me, content, None, false),
-                    address => match self.resolve_user(&address) {
+                    address => match self.resolve_recent(ctx, &address) {
                         Ok(to) => self.append_to(ctx, to, me, EventBody::Message(content)),
                         Err(e) => ready(Err(e)),
                     },
