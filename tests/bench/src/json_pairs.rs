@@ -38,6 +38,12 @@ pub enum Target {
 
 const T: Duration = Duration::from_secs(60);
 
+/// Messages per sender in the baselines (and `all`): with 1000 the relay's runs lasted
+/// under a second and one run could be off by 2-3x (thread start-up skew on two
+/// shared cores); with 3000 each target runs for seconds and the spread of three
+/// runs stays within tens of percent.
+pub const MESSAGES: usize = 3000;
+
 /// Runs one configuration against the hub.
 pub fn run(params: Params) -> Row {
     run_on(Target::Hub, params)

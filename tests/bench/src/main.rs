@@ -9,7 +9,7 @@
 //! cargo run --release -p hub-bench -- cchat-fanout [--members 50] [--messages 2000] [--window 64]
 //! cargo run --release -p hub-bench -- xdr [--clients 50] [--messages 200]
 //! cargo run --release -p hub-bench -- p2p [--messages 2000] [--backlog 1000]
-//! cargo run --release -p hub-bench -- baselines [--pairs 100] [--messages 1000] [--window 32] [--rounds 3]
+//! cargo run --release -p hub-bench -- baselines [--pairs 100] [--messages 3000] [--window 32] [--rounds 3]
 //! cargo run --release -p hub-bench -- store [--pairs 100] [--messages 200] [--window 32]
 //! cargo run --release -p hub-bench -- latency [--pairs 20] [--seconds 10] [--load 10,50,80] [--durability flush|interval]
 //! cargo run --release -p hub-bench -- room-fanout [--messages 500] [--window 32]
@@ -104,7 +104,7 @@ fn main() {
         "p2p" => p2p::run(number("messages", 2000), number("backlog", 1000)),
         "baselines" => json_pairs::baselines(
             number("pairs", 100),
-            number("messages", 1000),
+            number("messages", json_pairs::MESSAGES),
             number("window", 32),
             number("rounds", 3),
         ),
@@ -181,11 +181,11 @@ fn seconds(flags: &HashMap<String, String>, default: f64) -> f64 {
 
 /// Every issue-8 scenario at full size, each saved under its own name.
 fn all() {
-    let mut throughput = json_pairs::baselines(100, 1000, 32, 3);
+    let mut throughput = json_pairs::baselines(100, json_pairs::MESSAGES, 32, 3);
     throughput.extend(["flush", "interval"].into_iter().map(|durability| {
         let params = store::Params {
             pairs: 100,
-            messages: 1000,
+            messages: json_pairs::MESSAGES,
             window: 32,
             durability,
         };
