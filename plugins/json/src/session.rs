@@ -653,7 +653,7 @@ fn destination(dest: &str) -> Address {
 
 /// The request as forwarded to the recipient: everything but `session` and `id`.
 fn forwardable(request: &Request) -> Vec<u8> {
-    let mut body = request.body.clone();
+    let mut body = request.body.to_map();
     body.remove("session");
     body.remove("id");
     Value::Object(body).to_string().into_bytes()
