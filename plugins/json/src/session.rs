@@ -656,7 +656,7 @@ fn forwardable(request: &Request) -> Vec<u8> {
     let mut body = request.body.to_map();
     body.remove("session");
     body.remove("id");
-    Value::Object(body).to_string().into_bytes()
+    crate::render::to_text(&Value::Object(body)).into_bytes()
 }
 
 fn call_id(request: &Request) -> Result<CallId, Refusal> {
@@ -674,7 +674,7 @@ fn call_data(request: &Request) -> Vec<u8> {
     request
         .body
         .get("data")
-        .map(|d| d.to_string().into_bytes())
+        .map(|d| crate::render::to_text(d).into_bytes())
         .unwrap_or_default()
 }
 
