@@ -5,8 +5,9 @@
 //!
 //! The text of each message carries its scheduled time (microseconds since the run's
 //! base instant, in this process); the receiver computes delivery latency on arrival.
-//! Acknowledgements (`id` set, so the hub answers once the message is durable) are read
-//! by a thread of their own and give the ack latency, also from the scheduled time.
+//! Acknowledgements (`id` set, so the hub answers once the message is durable) give the
+//! ack latency, also from the scheduled time. The generator is two threads whatever the
+//! number of pairs (see [`drive`]).
 //!
 //! The rates are fractions of the hub's maximum 1:1 throughput measured at the start of
 //! the same run, and the relay ("the limit") is driven at the very same rates.
@@ -15,11 +16,10 @@ use crate::common::{account, json_hub, percentile};
 use crate::relay::Relay;
 use crate::report::Row;
 use hub_tests::harness::{process_context_switches, process_cpu};
-use hub_tests::json_client::ClientError;
-use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use mio::{Events, Interest, Poll, Token};
+use serde_json::Value;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
@@ -45,10 +45,8 @@ struct Measured {
     refused: usize,
 }
 
-/// Pairs by default. Open loop costs the load generator three thread wake-ups per
-/// message (sender, ack reader, receiver); with 100 pairs on a 2-core machine the
-/// generator alone starves the hub at half its closed-loop maximum, and the figures
-/// would measure the generator.
+/// Pairs by default: the closed-loop maximum the rates are fractions of is measured
+/// with as many pairs, and 20 keep the setup (40 accounts) short.
 pub const PAIRS: usize = 20;
 
 const T: Duration = Duration::from_secs(60);
@@ -65,113 +63,183 @@ fn due_of(text: &str) -> Option<u64> {
     text.split(':').nth(1)?.parse().ok()
 }
 
+/// Which end of a pair a socket in the reader belongs to.
+#[derive(Clone, Copy)]
+enum End {
+    /// The receiver's subscribed connection: `message` events.
+    Receiver,
+    /// The sender's connection: an `ack` (or a refusal) per message, by `id`.
+    Sender { pair: usize },
+}
+
+/// Writes `message`; on a full socket buffer (the server is not reading) waits and
+/// retries, so the message leaves late and its latency, counted from the schedule,
+/// shows the stall.
+fn send_all(ws: &mut WebSocket<TcpStream>, message: Message, pair: usize) {
+    let mut result = ws.send(message);
+    loop {
+        match result {
+            Ok(()) => return,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_micros(50));
+                result = ws.flush();
+            }
+            Err(e) => panic!("sender {pair}: {e}"),
+        }
+    }
+}
+
 /// Drives `params` against the JSON server at `addr`.
+///
+/// The load generator must cost little next to the server on a 2-core machine, or the
+/// figures measure it: two threads in all, whatever the number of pairs. One sends
+/// every pair's messages on one schedule (message `i` overall is due at `i / rate`, so
+/// pair `i % pairs` sends its message `i / pairs`), sleeping precisely until each is
+/// due. The other reads every socket through one epoll set (mio) and timestamps each
+/// delivery and acknowledgement as it is read. Both work on second handles (`dup`) of
+/// the clients' sockets, switched to non-blocking mode.
 fn drive(addr: SocketAddr, params: Params, tag: &str) -> Measured {
-    let per_pair = params.rate / params.pairs as f64;
+    let pairs = params.pairs;
+    let per_pair = params.rate / pairs as f64;
     let count = (per_pair * params.seconds).ceil().max(1.0) as usize;
-    let gap = Duration::from_secs_f64(1.0 / per_pair);
+    let total = count * pairs;
+    let gap = 1.0 / params.rate;
+    let due = move |i: usize| Duration::from_secs_f64(i as f64 * gap);
     let mut clients = Vec::new();
-    for pair in 0..params.pairs {
+    let mut writers = Vec::new();
+    let mut sockets = Vec::new();
+    for pair in 0..pairs {
         let (rx_name, tx_name) = (format!("{tag}r{pair}"), format!("{tag}s{pair}"));
         let (mut rx, rx_token) = account(addr, &rx_name);
         assert_eq!(rx.subscribe(&rx_token).expect("subscribe")["resp_code"], 0);
         let (tx, tx_token) = account(addr, &tx_name);
-        clients.push((rx, tx, tx_token, tx_name, rx_name));
+        // The readers start from the sockets' next byte: nothing may be left over in
+        // the clients' own buffers.
+        assert!(rx.queued().is_empty() && tx.queued().is_empty());
+        let second = |client: &hub_tests::json_client::JsonClient| {
+            let stream = client
+                .try_clone_stream()
+                .expect("second handle on the socket");
+            stream.set_nonblocking(true).expect("non-blocking");
+            stream
+        };
+        // Everything before the message text, as JSON.
+        let head = format!(
+            r#"{{"type":"message","session":{},"source":{},"dest":{},"message":""#,
+            Value::from(tx_token),
+            Value::from(tx_name),
+            Value::from(rx_name)
+        );
+        writers.push((
+            WebSocket::from_raw_socket(second(&tx), Role::Client, None),
+            head,
+        ));
+        sockets.push((second(&rx), End::Receiver));
+        sockets.push((second(&tx), End::Sender { pair }));
+        clients.push((rx, tx));
     }
     // Every thread is running before the first message is due.
     let base = Instant::now() + Duration::from_millis(200);
-    let mut receivers = Vec::new();
-    let mut senders = Vec::new();
-    let mut ack_readers = Vec::new();
-    for (pair, (mut rx, mut tx, tx_token, tx_name, rx_name)) in clients.into_iter().enumerate() {
-        let refused = Arc::new(AtomicUsize::new(0));
-        let refused_seen = refused.clone();
-        receivers.push(std::thread::spawn(move || {
-            let mut latencies = Vec::with_capacity(count);
-            // A message the hub refused (code 14, overloaded) never arrives: stop once
-            // everything was either received or refused.
-            let mut last_progress = Instant::now();
-            while latencies.len() + refused_seen.load(Relaxed) < count {
-                let message = match rx.recv_type("message", Duration::from_millis(200)) {
-                    Ok(message) => message,
-                    Err(ClientError::Timeout) if last_progress.elapsed() < T => continue,
-                    Err(e) => panic!("pair {pair}: message {} of {count}: {e}", latencies.len()),
-                };
-                last_progress = Instant::now();
-                let now = Instant::now().saturating_duration_since(base).as_micros() as u64;
-                let due = message["message"]
-                    .as_str()
-                    .and_then(due_of)
-                    .expect("scheduled time in the text");
-                latencies.push(now.saturating_sub(due) as f64 / 1e3);
+    let sender = std::thread::spawn(move || {
+        for i in 0..total {
+            let (k, pair) = (i / pairs, i % pairs);
+            if let Some(wait) = due(i).checked_sub(Instant::now().saturating_duration_since(base)) {
+                std::thread::sleep(wait);
             }
-            latencies
-        }));
-        // The sender writes through its own handle on the socket and sleeps until each
-        // message is due (a precise sleep); a second thread reads the acks. One thread
-        // doing both would wait for acks with socket timeouts, which the kernel rounds
-        // to its tick and would make messages leave late.
-        let mut writer = WebSocket::from_raw_socket(
-            tx.try_clone_stream().expect("second handle on the socket"),
-            Role::Client,
-            None,
+            let (writer, head) = &mut writers[pair];
+            let due_us = due(i).as_micros() as u64;
+            let request = format!(r#"{head}{}","id":{k}}}"#, text(k, due_us));
+            send_all(writer, Message::Text(request), pair);
+        }
+        total
+    });
+    let reader = std::thread::spawn(move || read_all(sockets, total, pairs, base, due));
+    let sent = sender.join().expect("sender");
+    let mut measured = reader.join().expect("reader");
+    drop(clients);
+    measured.sent = sent;
+    measured.delivery.sort_by(f64::total_cmp);
+    measured.ack.sort_by(f64::total_cmp);
+    measured
+}
+
+/// The reader of [`drive`]: reads every socket until each of the `total` messages was
+/// either delivered and acknowledged, or refused.
+fn read_all(
+    sockets: Vec<(TcpStream, End)>,
+    total: usize,
+    pairs: usize,
+    base: Instant,
+    due: impl Fn(usize) -> Duration,
+) -> Measured {
+    let mut poll = Poll::new().expect("epoll");
+    let mut ends = Vec::with_capacity(sockets.len());
+    for (n, (stream, end)) in sockets.into_iter().enumerate() {
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        poll.registry()
+            .register(&mut stream, Token(n), Interest::READABLE)
+            .expect("register");
+        ends.push((WebSocket::from_raw_socket(stream, Role::Client, None), end));
+    }
+    let mut events = Events::with_capacity(256);
+    let mut m = Measured {
+        delivery: Vec::with_capacity(total),
+        ack: Vec::with_capacity(total),
+        sent: 0,
+        refused: 0,
+    };
+    let mut last_progress = Instant::now();
+    while m.delivery.len() + m.refused < total || m.ack.len() + m.refused < total {
+        poll.poll(&mut events, Some(Duration::from_millis(200)))
+            .expect("poll");
+        assert!(
+            last_progress.elapsed() < T,
+            "no progress for {T:?}: {} of {total} delivered, {} acknowledged, {} refused",
+            m.delivery.len(),
+            m.ack.len(),
+            m.refused
         );
-        let phase = gap.mul_f64(pair as f64 / params.pairs as f64);
-        let due = move |k: usize| phase + gap * k as u32;
-        senders.push(std::thread::spawn(move || {
-            for k in 0..count {
-                if let Some(wait) =
-                    due(k).checked_sub(Instant::now().saturating_duration_since(base))
-                {
-                    std::thread::sleep(wait);
+        for event in &events {
+            let (ws, end) = &mut ends[event.token().0];
+            // Edge-triggered: read until the socket has nothing more.
+            loop {
+                let text = match ws.read() {
+                    Ok(Message::Text(text)) => text,
+                    // Pings are answered by tungstenite itself.
+                    Ok(_) => continue,
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        break
+                    }
+                    Err(e) => panic!("reading: {e}"),
+                };
+                let now = Instant::now().saturating_duration_since(base);
+                last_progress = Instant::now();
+                let reply: Value = serde_json::from_str(&text).expect("a JSON frame");
+                match *end {
+                    End::Receiver if reply["type"] == "message" => {
+                        let due_us = reply["message"]
+                            .as_str()
+                            .and_then(due_of)
+                            .expect("scheduled time in the text");
+                        let now_us = now.as_micros() as u64;
+                        m.delivery.push(now_us.saturating_sub(due_us) as f64 / 1e3);
+                    }
+                    End::Receiver => {}
+                    End::Sender { pair } => {
+                        let k = reply.get("id").and_then(Value::as_u64).expect("reply id");
+                        if reply["type"] != "ack" {
+                            assert_eq!(reply["resp_code"], 14, "pair {pair}: {reply}");
+                            m.refused += 1;
+                            continue;
+                        }
+                        let late = now.saturating_sub(due(k as usize * pairs + pair));
+                        m.ack.push(late.as_secs_f64() * 1e3);
+                    }
                 }
-                let due_us = due(k).as_micros() as u64;
-                let request = json!({"type": "message", "session": tx_token,
-                    "source": tx_name, "dest": rx_name, "message": text(k, due_us), "id": k});
-                writer
-                    .send(Message::Text(request.to_string()))
-                    .unwrap_or_else(|e| panic!("sender {pair}: {e}"));
             }
-            count
-        }));
-        ack_readers.push(std::thread::spawn(move || {
-            let mut acks = Vec::with_capacity(count);
-            for got in 0..count {
-                let reply = tx
-                    .recv(T)
-                    .unwrap_or_else(|e| panic!("pair {pair}: ack {got}: {e}"));
-                let k = reply.get("id").and_then(Value::as_u64).expect("reply id") as usize;
-                if reply["type"] != "ack" {
-                    assert_eq!(reply["resp_code"], 14, "pair {pair}: {reply}");
-                    refused.fetch_add(1, Relaxed);
-                    continue;
-                }
-                let late = Instant::now()
-                    .saturating_duration_since(base)
-                    .saturating_sub(due(k));
-                acks.push(late.as_secs_f64() * 1e3);
-            }
-            acks
-        }));
+        }
     }
-    let sent: usize = senders.into_iter().map(|s| s.join().expect("sender")).sum();
-    let mut ack: Vec<f64> = ack_readers
-        .into_iter()
-        .flat_map(|r| r.join().expect("ack reader"))
-        .collect();
-    let refused = sent - ack.len();
-    let mut delivery: Vec<f64> = receivers
-        .into_iter()
-        .flat_map(|r| r.join().expect("receiver"))
-        .collect();
-    delivery.sort_by(f64::total_cmp);
-    ack.sort_by(f64::total_cmp);
-    Measured {
-        delivery,
-        ack,
-        sent,
-        refused,
-    }
+    m
 }
 
 fn row(label: String, params: Params, m: &Measured) -> Row {
@@ -189,12 +257,22 @@ fn row(label: String, params: Params, m: &Measured) -> Row {
     }
 }
 
+/// The group-commit series of `/metrics` a hub row reports on.
+const FLUSH_COUNTERS: [&str; 3] = [
+    "hub_store_flush_seconds_count",
+    "hub_store_flush_seconds_sum",
+    "hub_store_flush_waiters_total",
+];
+
 /// Measures the hub's maximum (a closed-loop 1:1 run), then the hub and the relay open
 /// loop at `fractions` of it.
 pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static str) -> Vec<Row> {
+    // 1000 messages per pair: half a second or more of steady load; a shorter run
+    // (200 were used first) ends before the hub is warm and made the maximum swing by
+    // a factor of two between runs.
     let max = crate::json_pairs::run(crate::json_pairs::Params {
         pairs,
-        messages: 200,
+        messages: 1000,
         window: 32,
         durability,
     });
@@ -220,8 +298,10 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
         ]);
         let cpu = || hub.pid().and_then(process_cpu);
         let switches = || hub.pid().and_then(process_context_switches);
-        let (cpu_before, switches_before) = (cpu(), switches());
+        let flushes = || FLUSH_COUNTERS.map(|name| hub.metric(name).unwrap_or(f64::NAN));
+        let (cpu_before, switches_before, flushes_before) = (cpu(), switches(), flushes());
         let measured = drive(hub.addr("json", "main"), params, "h");
+        let flushes_after = flushes();
         let mut hub_row = row(
             format!("hub ({durability}) at {pct}% of its max"),
             params,
@@ -239,6 +319,13 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
             let per_msg = (after - before) as f64 / measured.sent as f64;
             hub_row.figures.push(("switches_per_msg", per_msg));
         }
+        // The group commit under this load: how often it flushed, how long a flush
+        // took (sled's flush plus the fsync) and how many messages one served.
+        let [count, seconds, waiters] =
+            std::array::from_fn(|i| flushes_after[i] - flushes_before[i]);
+        hub_row.figures.push(("flushes", count));
+        hub_row.figures.push(("flush_ms", seconds * 1e3 / count));
+        hub_row.figures.push(("waiters_per_flush", waiters / count));
         rows.push(hub_row);
         drop(hub);
         let relay = Relay::start();
@@ -246,6 +333,9 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
         let mut relay_row = row("limit (relay) at the same rate".into(), params, &measured);
         relay_row.figures.push(("cpu_us_per_msg", f64::NAN));
         relay_row.figures.push(("switches_per_msg", f64::NAN));
+        for column in ["flushes", "flush_ms", "waiters_per_flush"] {
+            relay_row.figures.push((column, f64::NAN));
+        }
         rows.push(relay_row);
     }
     rows
