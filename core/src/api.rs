@@ -8,7 +8,7 @@
 use crate::accounts;
 use crate::actors::call::CallMsg;
 use crate::actors::room::RoomMsg;
-use crate::actors::router::{Router, RouterMsg};
+use crate::actors::router::{Router, RouterMsg, UserDirectory};
 use crate::actors::{make_event, CoreSettings, SessionAddr, SessionMsg, Shared, UserMsg};
 use crate::files::{Download, FileDir, Upload};
 use crate::metrics::Metrics;
@@ -100,6 +100,8 @@ type ServiceMap = Arc<Mutex<HashMap<String, Vec<(ConnId, SessionAddr)>>>>;
 pub struct Core {
     shared: Arc<Shared>,
     router: Addr<Router>,
+    /// The live user actors, for sending to them without the router hop.
+    users: Arc<UserDirectory>,
     files: FileDir,
     peers: PeerMap,
     services: ServiceMap,
@@ -188,6 +190,11 @@ fn await_reply(rx: oneshot::Receiver<Result<Answer, CoreError>>) -> Pending {
 }
 
 impl Core {
+    /// Sends `msg` to `user`'s actor, straight from this thread (see `UserDirectory`).
+    fn to_user(&self, user: UserRef, msg: UserMsg) {
+        self.users.send(&user, msg, &self.router);
+    }
+
     /// Starts the router (and user arbiters). Call inside a running actix system.
     pub fn start(store: Arc<dyn Storage>, metrics: Arc<Metrics>, settings: CoreSettings) -> Core {
         let files = FileDir(settings.files_dir.clone());
@@ -201,8 +208,10 @@ impl Core {
             settings,
         });
         let router_shared = shared.clone();
+        let users = Arc::new(UserDirectory::new(shared.clone(), arbiters));
+        let router_users = users.clone();
         let router = Router::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            Router::new(router_shared, arbiters)
+            Router::new(router_shared, router_users)
         });
         let (sweep_files, sweep_shared) = (files.clone(), shared.clone());
         actix::spawn(async move {
@@ -218,6 +227,7 @@ impl Core {
         Core {
             shared,
             router,
+            users,
             files,
             peers: Arc::new(Mutex::new(HashMap::new())),
             services: Arc::new(Mutex::new(HashMap::new())),
@@ -349,15 +359,15 @@ impl Core {
         };
         self.shared.metrics.routed.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.router.do_send(RouterMsg::ToUser {
-            user: to,
-            msg: UserMsg::Append {
+        self.to_user(
+            to,
+            UserMsg::Append {
                 event,
                 skip_conn,
                 reply: Some(tx),
                 dedup,
             },
-        });
+        );
         Box::pin(async move {
             match rx.await {
                 Ok(Ok(appended)) => Ok(Answer::Accepted {
@@ -408,9 +418,9 @@ impl Core {
                 };
                 ctx.attached = true;
                 let (tx, rx) = oneshot::channel();
-                self.router.do_send(RouterMsg::ToUser {
-                    user: user.clone(),
-                    msg: UserMsg::Attach {
+                self.to_user(
+                    user.clone(),
+                    UserMsg::Attach {
                         conn: ctx.conn,
                         exclusive,
                         resume_after,
@@ -418,7 +428,7 @@ impl Core {
                         addr,
                         reply: tx,
                     },
-                });
+                );
                 let (peers, key, conn) = (
                     self.peers.clone(),
                     (ctx.plugin.clone(), ctx.peer_ip.clone()),
@@ -456,10 +466,7 @@ impl Core {
             }
             Op::Ack { through } => {
                 if let (Some(me), true) = (&ctx.identity, ctx.attached) {
-                    self.router.do_send(RouterMsg::ToUser {
-                        user: me.clone(),
-                        msg: UserMsg::Ack { through },
-                    });
+                    self.to_user(me.clone(), UserMsg::Ack { through });
                 }
                 ready(Ok(Answer::Done))
             }
@@ -569,19 +576,13 @@ impl Core {
             Op::Unpuppet { user } => {
                 if let Some(index) = ctx.puppets.iter().position(|p| p.id == user) {
                     let puppet = ctx.puppets.remove(index);
-                    self.router.do_send(RouterMsg::ToUser {
-                        user: puppet,
-                        msg: UserMsg::Detach { conn: ctx.conn },
-                    });
+                    self.to_user(puppet, UserMsg::Detach { conn: ctx.conn });
                 }
                 ready(Ok(Answer::Done))
             }
             Op::PuppetAck { user, through } => {
                 if let Some(puppet) = ctx.puppets.iter().find(|p| p.id == user) {
-                    self.router.do_send(RouterMsg::ToUser {
-                        user: puppet.clone(),
-                        msg: UserMsg::Ack { through },
-                    });
+                    self.to_user(puppet.clone(), UserMsg::Ack { through });
                 }
                 ready(Ok(Answer::Done))
             }
@@ -1156,9 +1157,9 @@ impl Core {
         }
         ctx.puppets.push(puppet.clone());
         let (tx, rx) = oneshot::channel();
-        self.router.do_send(RouterMsg::ToUser {
-            user: puppet.clone(),
-            msg: UserMsg::Attach {
+        self.to_user(
+            puppet.clone(),
+            UserMsg::Attach {
                 conn: ctx.conn,
                 exclusive: false,
                 resume_after: None,
@@ -1166,7 +1167,7 @@ impl Core {
                 addr,
                 reply: tx,
             },
-        });
+        );
         Box::pin(async move {
             match rx.await {
                 Ok(Ok(cursor)) => Ok(Answer::Bound {
@@ -1189,14 +1190,14 @@ impl Core {
     ) -> impl Future<Output = Result<Vec<hub_plugin_sdk::Delivery>, CoreError>> + Send + 'static
     {
         let (reply, rx) = oneshot::channel();
-        self.router.do_send(RouterMsg::ToUser {
+        self.to_user(
             user,
-            msg: UserMsg::History {
+            UserMsg::History {
                 before,
                 limit: limit.min(MAX_PAGE),
                 reply,
             },
-        });
+        );
         async move {
             rx.await
                 .unwrap_or_else(|_| Err(CoreError::Internal("the core is shutting down".into())))
@@ -1330,23 +1331,20 @@ impl Core {
     /// its transport: they no longer count against its byte bound.
     pub fn consumed(&self, ctx: &ConnContext, user: hub_plugin_sdk::UserId, bytes: usize) {
         if let Some(user) = Self::carried(ctx, user) {
-            self.router.do_send(RouterMsg::ToUser {
+            self.to_user(
                 user,
-                msg: UserMsg::Consumed {
+                UserMsg::Consumed {
                     conn: ctx.conn,
                     bytes,
                 },
-            });
+            );
         }
     }
 
     /// The session wrote the last backlog page of `user`'s stream and wants the next.
     pub fn more_backlog(&self, ctx: &ConnContext, user: hub_plugin_sdk::UserId) {
         if let Some(user) = Self::carried(ctx, user) {
-            self.router.do_send(RouterMsg::ToUser {
-                user,
-                msg: UserMsg::MoreBacklog { conn: ctx.conn },
-            });
+            self.to_user(user, UserMsg::MoreBacklog { conn: ctx.conn });
         }
     }
 
@@ -1380,17 +1378,11 @@ impl Core {
             }
         }
         if let (Some(me), true) = (&ctx.identity, ctx.attached) {
-            self.router.do_send(RouterMsg::ToUser {
-                user: me.clone(),
-                msg: UserMsg::Detach { conn: ctx.conn },
-            });
+            self.to_user(me.clone(), UserMsg::Detach { conn: ctx.conn });
         }
         ctx.attached = false;
         for puppet in ctx.puppets.drain(..) {
-            self.router.do_send(RouterMsg::ToUser {
-                user: puppet,
-                msg: UserMsg::Detach { conn: ctx.conn },
-            });
+            self.to_user(puppet, UserMsg::Detach { conn: ctx.conn });
         }
         if let Ok(mut services) = self.services.lock() {
             for sessions in services.values_mut() {

@@ -604,6 +604,67 @@ async fn a_session_that_does_not_consume_is_dropped_at_the_byte_bound_and_loses_
     }
 }
 
+/// Messages to a user whose actor keeps being retired and started again (idle after
+/// 2 ms, messages sent every 1 to 3 ms without waiting for their answers, so that
+/// retirements happen with messages on their way) are all stored, once, in the order
+/// sent.
+#[actix_rt::test]
+async fn user_actors_retired_while_messages_are_in_flight_lose_and_reorder_nothing() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let (core, metrics) = start_core_with(dir.path(), |s| s.user_idle = Duration::from_millis(2));
+    let (mut a, mut b) = (conn(1), conn(2));
+    let alice = signup(&core, &mut a, "alice").await;
+    let bob = signup(&core, &mut b, "bob").await;
+    run(&core, &mut a, Op::Authenticate { user: alice.id })
+        .await
+        .unwrap();
+    let sent = 300u64;
+    let mut pending = Vec::new();
+    let mut retirements = 0;
+    let mut live = false;
+    for n in 0..sent {
+        let op = Op::Send {
+            to: Address::User(bob.id),
+            content: Content::Text(format!("m{n}")),
+        };
+        pending.push(core.execute(&mut a.ctx, op));
+        tokio::time::sleep(Duration::from_micros(500 + n % 5 * 500)).await;
+        // alice only sends, so the one user actor is bob's.
+        let now_live = metrics.user_actors.load(Relaxed) > 0;
+        retirements += usize::from(live && !now_live);
+        live = now_live;
+    }
+    for (n, p) in pending.into_iter().enumerate() {
+        let answer = p.await;
+        assert!(
+            matches!(answer, Ok(Answer::Accepted { .. })),
+            "m{n}: {answer:?}"
+        );
+    }
+    assert!(retirements > 0, "bob's actor was never retired");
+    bind(&core, &mut b, &bob).await;
+    for n in 0..sent {
+        match next_event(&core, &mut b).await {
+            HubEvent::Deliver(d) => {
+                assert_eq!(d.seq, Seq(n + 1));
+                assert_eq!(
+                    d.event.body,
+                    EventBody::Message(Content::Text(format!("m{n}")))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Nothing more: at most the end-of-backlog marker.
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), b.rx.recv()).await {
+        assert!(
+            matches!(msg, SessionMsg::PageDone { .. }),
+            "unexpected {msg:?}"
+        );
+    }
+}
+
 #[actix_rt::test]
 async fn idle_room_actors_are_retired_and_come_back_with_their_members() {
     let dir = tempfile::tempdir().unwrap();

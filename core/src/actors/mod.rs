@@ -3,16 +3,19 @@
 //! ```text
 //!  connection actors (hub/)          core actors (this module)
 //!  ───────────────────────          ───────────────────────────────────────────
-//!   Core::execute ──ToUser──────▶ Router ──UserMsg──▶ UserActor ──▶ store
-//!                 ──ToRoom──────▶   │    ──RoomMsg──▶ RoomActor ──ToUser─▶ Router
+//!   Core::execute ──UserMsg─▶ UserDirectory ──────────▶ UserActor ──▶ store
+//!                 ──ToRoom──────▶ Router ──RoomMsg──▶ RoomActor ──ToUser─▶ Router
 //!                 ──CallStart───▶   │    ──CallMsg──▶ CallActor ──ToUser─▶ Router
+//!                                   └──(presence, ToUser)──▶ UserDirectory
 //!   SessionMsg ◀──────────────────────────────────── UserActor (deliveries, presence)
 //! ```
 //!
-//! Every message to a user actor passes through the router, which owns the map of live
-//! actors: that single path keeps per-sender order (actix mailboxes are FIFO) and lets
-//! the router retire an idle user actor without losing a message in flight. No actor
-//! holds a lock; the store is shared and internally concurrent.
+//! Every message to a user actor goes through the [`router::UserDirectory`], from the
+//! sender's own thread: it queues to the live actor or starts one. Its counting keeps
+//! per-sender order (actix mailboxes are FIFO) and lets the router retire an idle user
+//! actor without losing a message in flight. The directory's lock is the only one
+//! between actors, held for a map lookup and a queue push; the store is shared and
+//! internally concurrent.
 
 pub mod call;
 pub mod room;
@@ -111,7 +114,7 @@ pub struct Appended {
 /// Reply channel for an append: resolved once the event is durable.
 pub type AppendReply = oneshot::Sender<Result<Appended, CoreError>>;
 
-/// Messages to a user actor (always through the router).
+/// Messages to a user actor (always through [`router::UserDirectory`]).
 // Most traffic is `Append`, the large variant: boxing it would allocate per event.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]

@@ -1,5 +1,7 @@
-//! The router: owns the maps of live user, room and call actors, who is online and who
-//! is in a call, and forwards every message to the actor that owns its subject.
+//! The router: owns the maps of live room and call actors, who is online and who is in
+//! a call, and forwards every message to the actor that owns its subject. User actors
+//! are reached through the [`UserDirectory`] (defined here, shared with every sender);
+//! the router retires idle ones.
 
 use super::call::{CallActor, CallMsg};
 use super::room::{RetireRoom, RoomActor, RoomMsg};
@@ -10,7 +12,8 @@ use hub_plugin_sdk::{
     Answer, CallId, CoreError, HubEvent, Origin, RoomId, RoomRef, UserId, UserRef,
 };
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::oneshot;
 
 struct RoomEntry {
@@ -21,8 +24,102 @@ struct RoomEntry {
 
 struct UserEntry {
     addr: Addr<UserActor>,
-    /// Messages forwarded to this actor; compared with what it reports having handled.
-    routed: u64,
+    /// Messages forwarded to this actor (by the router or directly); compared with what
+    /// it reports having handled.
+    routed: AtomicU64,
+}
+
+/// The live user actors, one per user at most. Whoever sends to a user goes through
+/// here: straight to the live actor, or, if there is none, starting it (on the user
+/// arbiters, round robin) and queuing the message before anyone else can see the new
+/// actor. No sender waits for another actor's mailbox, and the router's thread is not a
+/// hand-over on every message.
+///
+/// Why no message is lost or reordered:
+/// - a sender looks up, counts (`routed`) and queues its message while holding a lock
+///   (read for a live actor, write to start one), so one sender's messages to a user are
+///   queued in the order sent, all to the same actor;
+/// - an idle actor is retired (by the router, on its report) only under the write lock
+///   and only if `routed` equals what it reported having handled, so an actor with a
+///   message in flight is never retired; once retired it is unreachable, and the next
+///   message starts a fresh actor.
+pub struct UserDirectory {
+    actors: RwLock<HashMap<UserId, UserEntry>>,
+    shared: Arc<Shared>,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+}
+
+impl UserDirectory {
+    /// A directory whose actors run on `arbiters` (round robin; none: the caller's).
+    pub fn new(shared: Arc<Shared>, arbiters: Vec<ArbiterHandle>) -> Self {
+        UserDirectory {
+            actors: RwLock::new(HashMap::new()),
+            shared,
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues `msg` to `user`'s actor, starting the actor (reporting to `router`) if
+    /// none is live.
+    pub fn send(&self, user: &UserRef, msg: UserMsg, router: &Addr<Router>) {
+        {
+            let actors = self.actors.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = actors.get(&user.id) {
+                if entry.addr.connected() {
+                    entry.routed.fetch_add(1, Relaxed);
+                    entry.addr.do_send(ToUserActor(msg));
+                    return;
+                }
+            }
+        }
+        let mut actors = self.actors.write().unwrap_or_else(PoisonError::into_inner);
+        // Another sender may have started it meanwhile.
+        if let Some(entry) = actors.get(&user.id) {
+            if entry.addr.connected() {
+                entry.routed.fetch_add(1, Relaxed);
+                entry.addr.do_send(ToUserActor(msg));
+                return;
+            }
+            // Stopped on its own (its arbiter is gone): start another.
+            actors.remove(&user.id);
+        }
+        let actor = match UserActor::new(user.clone(), self.shared.clone(), router.clone()) {
+            Ok(actor) => actor,
+            Err(e) => {
+                tracing::error!(user = %user.id, error = %e, "starting a user actor failed");
+                return fail_user_msg(msg, "the user's stream is unavailable");
+            }
+        };
+        let addr = if self.arbiters.is_empty() {
+            actor.start()
+        } else {
+            let n = self.next_arbiter.fetch_add(1, Relaxed);
+            UserActor::start_in_arbiter(&self.arbiters[n % self.arbiters.len()], move |_| actor)
+        };
+        addr.do_send(ToUserActor(msg));
+        actors.insert(
+            user.id,
+            UserEntry {
+                addr,
+                routed: AtomicU64::new(1),
+            },
+        );
+    }
+
+    /// Retires `user`'s actor if it has handled all `seen` messages sent to it.
+    fn retire_if_idle(&self, user: UserId, seen: u64) {
+        let mut actors = self.actors.write().unwrap_or_else(PoisonError::into_inner);
+        if actors
+            .get(&user)
+            .is_some_and(|e| e.routed.load(Relaxed) == seen)
+        {
+            if let Some(entry) = actors.remove(&user) {
+                entry.addr.do_send(Retire);
+            }
+        }
+    }
 }
 
 /// Messages to the router.
@@ -119,61 +216,30 @@ pub enum RouterMsg {
 /// The router actor.
 pub struct Router {
     shared: Arc<Shared>,
-    users: HashMap<UserId, UserEntry>,
+    users: Arc<UserDirectory>,
     online: HashMap<UserId, UserRef>,
     rooms: HashMap<RoomId, RoomEntry>,
     calls: HashMap<CallId, Addr<CallActor>>,
     in_call: HashMap<UserId, CallId>,
     next_call: u64,
-    arbiters: Vec<ArbiterHandle>,
-    next_arbiter: usize,
 }
 
 impl Router {
-    /// A router whose user actors run on `arbiters` (round robin).
-    pub fn new(shared: Arc<Shared>, arbiters: Vec<ArbiterHandle>) -> Self {
+    /// A router that reaches user actors through `users`.
+    pub fn new(shared: Arc<Shared>, users: Arc<UserDirectory>) -> Self {
         Router {
             shared,
-            users: HashMap::new(),
+            users,
             online: HashMap::new(),
             rooms: HashMap::new(),
             calls: HashMap::new(),
             in_call: HashMap::new(),
             next_call: 1,
-            arbiters,
-            next_arbiter: 0,
         }
-    }
-
-    fn user_actor(&mut self, user: &UserRef, ctx: &mut Context<Self>) -> Option<&mut UserEntry> {
-        if !self.users.contains_key(&user.id) {
-            let actor = match UserActor::new(user.clone(), self.shared.clone(), ctx.address()) {
-                Ok(actor) => actor,
-                Err(e) => {
-                    tracing::error!(user = %user.id, error = %e, "starting a user actor failed");
-                    return None;
-                }
-            };
-            let addr = if self.arbiters.is_empty() {
-                actor.start()
-            } else {
-                let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
-                self.next_arbiter += 1;
-                UserActor::start_in_arbiter(arbiter, move |_| actor)
-            };
-            self.users.insert(user.id, UserEntry { addr, routed: 0 });
-        }
-        self.users.get_mut(&user.id)
     }
 
     fn route_to_user(&mut self, user: &UserRef, msg: UserMsg, ctx: &mut Context<Self>) {
-        match self.user_actor(user, ctx) {
-            Some(entry) => {
-                entry.routed += 1;
-                entry.addr.do_send(ToUserActor(msg));
-            }
-            None => fail_user_msg(msg, "the user's stream is unavailable"),
-        }
+        self.users.send(user, msg, &ctx.address());
     }
 }
 
@@ -205,13 +271,7 @@ impl Handler<RouterMsg> for Router {
     fn handle(&mut self, msg: RouterMsg, ctx: &mut Context<Self>) {
         match msg {
             RouterMsg::ToUser { user, msg } => self.route_to_user(&user, msg, ctx),
-            RouterMsg::UserIdle { user, seen } => {
-                if self.users.get(&user).is_some_and(|e| e.routed == seen) {
-                    if let Some(entry) = self.users.remove(&user) {
-                        entry.addr.do_send(Retire);
-                    }
-                }
-            }
+            RouterMsg::UserIdle { user, seen } => self.users.retire_if_idle(user, seen),
             RouterMsg::SetOnline {
                 user,
                 online,
