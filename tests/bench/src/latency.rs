@@ -258,10 +258,12 @@ fn row(label: String, params: Params, m: &Measured) -> Row {
 }
 
 /// The group-commit series of `/metrics` a hub row reports on.
-const FLUSH_COUNTERS: [&str; 3] = [
+const FLUSH_COUNTERS: [&str; 5] = [
     "hub_store_flush_seconds_count",
     "hub_store_flush_seconds_sum",
     "hub_store_flush_waiters_total",
+    "hub_store_flush_seconds_bucket{le=\"0.002\"}",
+    "hub_store_flush_seconds_bucket{le=\"0.005\"}",
 ];
 
 /// Measures the hub's maximum (a closed-loop 1:1 run), then the hub and the relay open
@@ -321,11 +323,18 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
         }
         // The group commit under this load: how often it flushed, how long a flush
         // took (sled's flush plus the fsync) and how many messages one served.
-        let [count, seconds, waiters] =
+        let [count, seconds, waiters, within_2ms, within_5ms] =
             std::array::from_fn(|i| flushes_after[i] - flushes_before[i]);
         hub_row.figures.push(("flushes", count));
         hub_row.figures.push(("flush_ms", seconds * 1e3 / count));
         hub_row.figures.push(("waiters_per_flush", waiters / count));
+        // The flush's tail, from the histogram: does it explain the latency's?
+        hub_row
+            .figures
+            .push(("flushes_over_2ms", count - within_2ms));
+        hub_row
+            .figures
+            .push(("flushes_over_5ms", count - within_5ms));
         rows.push(hub_row);
         drop(hub);
         let relay = Relay::start();
@@ -333,7 +342,13 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
         let mut relay_row = row("limit (relay) at the same rate".into(), params, &measured);
         relay_row.figures.push(("cpu_us_per_msg", f64::NAN));
         relay_row.figures.push(("switches_per_msg", f64::NAN));
-        for column in ["flushes", "flush_ms", "waiters_per_flush"] {
+        for column in [
+            "flushes",
+            "flush_ms",
+            "waiters_per_flush",
+            "flushes_over_2ms",
+            "flushes_over_5ms",
+        ] {
             relay_row.figures.push((column, f64::NAN));
         }
         rows.push(relay_row);
