@@ -310,13 +310,21 @@ impl UserActor {
             ctx.cancel_future(timer);
         }
         let idle = self.shared.settings.user_idle;
-        self.idle_timer = Some(ctx.run_later(idle, |act, _ctx| {
+        self.idle_timer = Some(ctx.run_later(idle, |act, ctx| {
             act.idle_timer = None;
-            if act.sessions.is_empty() && act.pending.is_empty() {
+            if !act.sessions.is_empty() {
+                // The last session's Detach arms the check again.
+                return;
+            }
+            if act.pending.is_empty() {
                 act.router.do_send(RouterMsg::UserIdle {
                     user: act.user.id,
                     seen: act.handled,
                 });
+            } else {
+                // Appends still waiting for durability: look again later, or an actor
+                // that nothing else reaches would never be retired.
+                act.schedule_idle_check(ctx);
             }
         }));
     }
