@@ -97,6 +97,32 @@ async fn bind(core: &Core, conn: &mut Conn, user: &UserRef) {
 }
 
 /// Next event, answering page ends the way a connection actor does.
+/// Connections 1 and 2 with fresh accounts alice and bob.
+async fn alice_and_bob(core: &Core) -> ((Conn, UserRef), (Conn, UserRef)) {
+    let (mut a, mut b) = (conn(1), conn(2));
+    let alice = signup(core, &mut a, "alice").await;
+    let bob = signup(core, &mut b, "bob").await;
+    ((a, alice), (b, bob))
+}
+
+/// The next `count` events on `conn` are deliveries of `m0`, `m1`, … from `from`, at
+/// sequence numbers 1, 2, ….
+async fn expect_numbered(core: &Core, conn: &mut Conn, from: &UserRef, count: u64) {
+    for n in 0..count {
+        match next_event(core, conn).await {
+            HubEvent::Deliver(d) => {
+                assert_eq!(d.seq, Seq(n + 1));
+                assert_eq!(
+                    d.event.body,
+                    EventBody::Message(Content::Text(format!("m{n}")))
+                );
+                assert_eq!(&d.event.from, from);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 async fn next_event(core: &Core, conn: &mut Conn) -> HubEvent {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(5), conn.rx.recv())
@@ -154,19 +180,7 @@ async fn stored_events_arrive_in_order_in_pages_and_only_until_acknowledged() {
             cursor: Seq(0)
         }
     );
-    for n in 0..250u64 {
-        match next_event(&core, &mut b).await {
-            HubEvent::Deliver(d) => {
-                assert_eq!(d.seq, Seq(n + 1));
-                assert_eq!(
-                    d.event.body,
-                    EventBody::Message(Content::Text(format!("m{n}")))
-                );
-                assert_eq!(d.event.from, alice);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    expect_numbered(&core, &mut b, &alice, 250).await;
     quiet(&mut b).await;
 
     // A live message after catching up.
@@ -613,9 +627,7 @@ async fn user_actors_retired_while_messages_are_in_flight_lose_and_reorder_nothi
     use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let (core, metrics) = start_core_with(dir.path(), |s| s.user_idle = Duration::from_millis(2));
-    let (mut a, mut b) = (conn(1), conn(2));
-    let alice = signup(&core, &mut a, "alice").await;
-    let bob = signup(&core, &mut b, "bob").await;
+    let ((mut a, alice), (mut b, bob)) = alice_and_bob(&core).await;
     run(&core, &mut a, Op::Authenticate { user: alice.id })
         .await
         .unwrap();
@@ -655,18 +667,7 @@ async fn user_actors_retired_while_messages_are_in_flight_lose_and_reorder_nothi
     }
     assert!(retirements >= 30, "bob's actor retired {retirements} times");
     bind(&core, &mut b, &bob).await;
-    for n in 0..sent {
-        match next_event(&core, &mut b).await {
-            HubEvent::Deliver(d) => {
-                assert_eq!(d.seq, Seq(n + 1));
-                assert_eq!(
-                    d.event.body,
-                    EventBody::Message(Content::Text(format!("m{n}")))
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    expect_numbered(&core, &mut b, &alice, sent).await;
     // Nothing more: at most the end-of-backlog marker.
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), b.rx.recv()).await {
         assert!(
@@ -680,9 +681,7 @@ async fn user_actors_retired_while_messages_are_in_flight_lose_and_reorder_nothi
 async fn idle_room_actors_are_retired_and_come_back_with_their_members() {
     let dir = tempfile::tempdir().unwrap();
     let (core, metrics) = start_core_with(dir.path(), |s| s.user_idle = Duration::from_millis(100));
-    let (mut a, mut b) = (conn(1), conn(2));
-    let alice = signup(&core, &mut a, "alice").await;
-    let bob = signup(&core, &mut b, "bob").await;
+    let ((mut a, alice), (mut b, bob)) = alice_and_bob(&core).await;
     bind(&core, &mut a, &alice).await;
     bind(&core, &mut b, &bob).await;
     run(&core, &mut a, Op::JoinRoom { room: "r".into() })
