@@ -24,9 +24,22 @@ struct RoomEntry {
 
 struct UserEntry {
     addr: Addr<UserActor>,
-    /// Messages forwarded to this actor (by the router or directly); compared with what
-    /// it reports having handled.
+    /// Messages queued to this actor; compared with what it reports having handled.
     routed: AtomicU64,
+}
+
+impl UserEntry {
+    /// Counts and queues `msg` if the actor is still running; gives it back otherwise.
+    // The message comes back by value: boxing it would allocate on every send.
+    #[allow(clippy::result_large_err)]
+    fn queue(&self, msg: UserMsg) -> Result<(), UserMsg> {
+        if !self.addr.connected() {
+            return Err(msg);
+        }
+        self.routed.fetch_add(1, Relaxed);
+        self.addr.do_send(ToUserActor(msg));
+        Ok(())
+    }
 }
 
 /// The live user actors, one per user at most. Whoever sends to a user goes through
@@ -64,27 +77,29 @@ impl UserDirectory {
     /// Queues `msg` to `user`'s actor, starting the actor (reporting to `router`) if
     /// none is live.
     pub fn send(&self, user: &UserRef, msg: UserMsg, router: &Addr<Router>) {
-        {
+        let msg = {
             let actors = self.actors.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(entry) = actors.get(&user.id) {
-                if entry.addr.connected() {
-                    entry.routed.fetch_add(1, Relaxed);
-                    entry.addr.do_send(ToUserActor(msg));
-                    return;
-                }
+            match actors.get(&user.id) {
+                Some(entry) => match entry.queue(msg) {
+                    Ok(()) => return,
+                    Err(msg) => msg,
+                },
+                None => msg,
             }
-        }
+        };
         let mut actors = self.actors.write().unwrap_or_else(PoisonError::into_inner);
         // Another sender may have started it meanwhile.
-        if let Some(entry) = actors.get(&user.id) {
-            if entry.addr.connected() {
-                entry.routed.fetch_add(1, Relaxed);
-                entry.addr.do_send(ToUserActor(msg));
-                return;
-            }
-            // Stopped on its own (its arbiter is gone): start another.
-            actors.remove(&user.id);
-        }
+        let msg = match actors.get(&user.id) {
+            Some(entry) => match entry.queue(msg) {
+                Ok(()) => return,
+                Err(msg) => {
+                    // Stopped on its own (its arbiter is gone): start another.
+                    actors.remove(&user.id);
+                    msg
+                }
+            },
+            None => msg,
+        };
         let actor = match UserActor::new(user.clone(), self.shared.clone(), router.clone()) {
             Ok(actor) => actor,
             Err(e) => {
