@@ -266,6 +266,29 @@ const FLUSH_COUNTERS: [&str; 5] = [
     "hub_store_flush_seconds_bucket{le=\"0.005\"}",
 ];
 
+/// The columns [`flush_figures`] fills.
+const FLUSH_COLUMNS: [&str; 5] = [
+    "flushes",
+    "flush_ms",
+    "waiters_per_flush",
+    "flushes_over_2ms",
+    "flushes_over_5ms",
+];
+
+/// The group commit under a load, from how much each of [`FLUSH_COUNTERS`] grew: how
+/// often it flushed, how long a flush took (sled's flush plus the fsync), how many
+/// messages one served, and the flush's tail from the histogram (does it explain the
+/// latency's?).
+fn flush_figures([count, seconds, waiters, within_2ms, within_5ms]: [f64; 5]) -> [f64; 5] {
+    [
+        count,
+        seconds * 1e3 / count,
+        waiters / count,
+        count - within_2ms,
+        count - within_5ms,
+    ]
+}
+
 /// Measures the hub's maximum (a closed-loop 1:1 run), then the hub and the relay open
 /// loop at `fractions` of it.
 pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static str) -> Vec<Row> {
@@ -321,20 +344,10 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
             let per_msg = (after - before) as f64 / measured.sent as f64;
             hub_row.figures.push(("switches_per_msg", per_msg));
         }
-        // The group commit under this load: how often it flushed, how long a flush
-        // took (sled's flush plus the fsync) and how many messages one served.
-        let [count, seconds, waiters, within_2ms, within_5ms] =
-            std::array::from_fn(|i| flushes_after[i] - flushes_before[i]);
-        hub_row.figures.push(("flushes", count));
-        hub_row.figures.push(("flush_ms", seconds * 1e3 / count));
-        hub_row.figures.push(("waiters_per_flush", waiters / count));
-        // The flush's tail, from the histogram: does it explain the latency's?
+        let delta = std::array::from_fn(|i| flushes_after[i] - flushes_before[i]);
         hub_row
             .figures
-            .push(("flushes_over_2ms", count - within_2ms));
-        hub_row
-            .figures
-            .push(("flushes_over_5ms", count - within_5ms));
+            .extend(FLUSH_COLUMNS.into_iter().zip(flush_figures(delta)));
         rows.push(hub_row);
         drop(hub);
         let relay = Relay::start();
@@ -342,13 +355,7 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
         let mut relay_row = row("limit (relay) at the same rate".into(), params, &measured);
         relay_row.figures.push(("cpu_us_per_msg", f64::NAN));
         relay_row.figures.push(("switches_per_msg", f64::NAN));
-        for column in [
-            "flushes",
-            "flush_ms",
-            "waiters_per_flush",
-            "flushes_over_2ms",
-            "flushes_over_5ms",
-        ] {
+        for column in FLUSH_COLUMNS {
             relay_row.figures.push((column, f64::NAN));
         }
         rows.push(relay_row);
