@@ -50,7 +50,7 @@ enum Purpose {
     },
     /// Any other request: reply according to its kind.
     Request {
-        kind: String,
+        kind: &'static str,
         id: Option<Value>,
     },
 }
@@ -157,7 +157,7 @@ impl JsonSession {
         self.inflight.len() + self.blocked.len() >= self.config.max_pending
     }
 
-    fn on_text(&mut self, text: &str) {
+    fn on_text(&mut self, text: String) {
         let request = match Request::parse(text) {
             Ok(request) => request,
             Err(refusal) => return self.refuse(refusal),
@@ -172,7 +172,7 @@ impl JsonSession {
     }
 
     fn on_request(&mut self, request: Request) -> Result<(), Refusal> {
-        match request.kind.as_str() {
+        match request.kind() {
             "identification" => {
                 let reply = json!({
                     "type": "identification",
@@ -194,9 +194,10 @@ impl JsonSession {
                 ));
             }
             "signup" => {
-                let handle = request.text("username")?.to_owned();
-                let password = request.text("password")?.to_owned();
-                let scheme = match request.opt_text("hash").unwrap_or("argon2id") {
+                let handle = request.text("username")?.into_owned();
+                let password = request.text("password")?.into_owned();
+                let hash = request.opt_text("hash");
+                let scheme = match hash.as_deref().unwrap_or("argon2id") {
                     "argon2id" => PasswordScheme::Argon2id,
                     "sha256" => PasswordScheme::Pbkdf2Sha256,
                     other => {
@@ -216,15 +217,15 @@ impl JsonSession {
                 );
             }
             "signin" => {
-                let handle = request.text("username")?.to_owned();
-                let password = request.text("password")?.to_owned();
+                let handle = request.text("username")?.into_owned();
+                let password = request.text("password")?.into_owned();
                 self.command(
                     Op::Signin { handle, password },
                     Purpose::Signin { id: request.id() },
                 );
             }
             "subscribe" => {
-                let token = request.text("session")?.to_owned();
+                let token = request.text("session")?.into_owned();
                 if self.subscribed || self.subscribing {
                     return Err(request.refuse(RespCode::Malformed, "already subscribed"));
                 }
@@ -246,22 +247,23 @@ impl JsonSession {
 
     /// Requests that act as a user: check the token (once per token), then `source`.
     fn authorized(&mut self, request: Request) -> Result<(), Refusal> {
-        if !KNOWN_ACTIONS.contains(&request.kind.as_str()) {
+        if !KNOWN_ACTIONS.contains(&request.kind()) {
             return Err(request.refuse(
                 RespCode::UnknownType,
-                format!("unknown message type {:?}", request.kind),
+                format!("unknown message type {:?}", request.kind()),
             ));
         }
         if self.checking {
             self.blocked.push_back(request);
             return Ok(());
         }
-        let token = request.text("session")?.to_owned();
-        match self.tokens.get(&token).cloned() {
+        let token = request.text("session")?;
+        match self.tokens.get(&*token) {
             None => {
                 // This is always the earliest waiting request (fresh ones only arrive here
                 // when nothing waits; unblock() re-runs them front first): it goes back
                 // to the front so replies keep request order.
+                let token = token.into_owned();
                 self.checking = true;
                 self.blocked.push_front(request);
                 self.command(
@@ -281,15 +283,16 @@ impl JsonSession {
                     ));
                 }
                 let source = request.text("source")?;
-                if source != user.handle {
+                if *source != *user.handle {
                     return Err(request.refuse(
                         RespCode::BadToken,
                         format!("source {source:?} does not match the session's user"),
                     ));
                 }
                 if self.identity.is_none() {
-                    self.identity = Some(user.clone());
+                    let user = user.clone();
                     self.fire_and_forget(Op::Authenticate { user: user.id });
+                    self.identity = Some(user);
                 }
                 self.act(request)
             }
@@ -305,21 +308,24 @@ impl JsonSession {
 
     /// Turns an authorized request into a core command.
     fn act(&mut self, request: Request) -> Result<(), Refusal> {
-        let kind = request.kind.clone();
+        // authorized() let only the known kinds through.
+        let Some(kind) = KNOWN_ACTIONS.iter().copied().find(|k| *k == request.kind()) else {
+            return Err(request.refuse(RespCode::UnknownType, "unknown message type"));
+        };
         let purpose = Purpose::Request {
-            kind: kind.clone(),
+            kind,
             id: request.id(),
         };
-        let op = match kind.as_str() {
+        let op = match kind {
             "invite.request" => Op::Invite {
-                to: Address::Handle(request.text("dest")?.to_owned()),
+                to: Address::Handle(request.text("dest")?.into_owned()),
             },
             "invite.accept" | "invite.reject" => Op::InviteReply {
-                to: Address::Handle(request.text("dest")?.to_owned()),
+                to: Address::Handle(request.text("dest")?.into_owned()),
                 accept: kind == "invite.accept",
             },
             "message" => {
-                let to = destination(request.text("dest")?);
+                let to = destination(&request.text("dest")?);
                 let has_nonce = request.opt_text("nonce").is_some_and(|n| !n.is_empty());
                 let content = if has_nonce {
                     Content::Sealed {
@@ -327,7 +333,7 @@ impl JsonSession {
                         bytes: forwardable(&request),
                     }
                 } else {
-                    Content::Text(request.text("message")?.to_owned())
+                    Content::Text(request.text("message")?.into_owned())
                 };
                 Op::Send { to, content }
             }
@@ -339,7 +345,7 @@ impl JsonSession {
                     );
                 }
                 Op::Send {
-                    to: Address::Handle(dest.to_owned()),
+                    to: Address::Handle(dest.into_owned()),
                     content: Content::Sealed {
                         scheme: format!("{SCHEME_KEY_EXCHANGE}{}", &kind["key_exchange.".len()..]),
                         bytes: forwardable(&request),
@@ -363,7 +369,7 @@ impl JsonSession {
             }
             "contacts" => Op::Contacts,
             "call.start" => Op::CallStart {
-                to: Address::Handle(request.text("dest")?.to_owned()),
+                to: Address::Handle(request.text("dest")?.into_owned()),
                 data: call_data(&request),
             },
             "call.accept" | "call.reject" => Op::CallReply {
@@ -462,7 +468,7 @@ impl JsonSession {
 
     fn on_request_answer(
         &mut self,
-        kind: String,
+        kind: &'static str,
         id: Option<Value>,
         result: Result<Answer, CoreError>,
     ) {
@@ -470,13 +476,13 @@ impl JsonSession {
             Err(error) => {
                 let code = RespCode::from_core(&error);
                 self.refuse(Refusal {
-                    reply_type: kind,
+                    reply_type: kind.into(),
                     code,
                     detail: error.to_string(),
                     id,
                 });
             }
-            Ok(answer) => match (kind.as_str(), answer) {
+            Ok(answer) => match (kind, answer) {
                 ("call.start", Answer::Call { call }) => {
                     self.send(success(
                         "call.start",
@@ -502,10 +508,10 @@ impl JsonSession {
                     if let Answer::Room(room) = answer {
                         extra = json!({ "dest": format!("#{}", room.name) });
                     }
-                    self.send(success(&kind, id, extra));
+                    self.send(success(kind, id, extra));
                 }
                 (call, _) if call.starts_with("call.") => {
-                    self.send(success(&kind, id, json!({})));
+                    self.send(success(kind, id, json!({})));
                 }
                 (_, answer) => {
                     // Spec messages get no reply of their own; a client that sent an "id"
@@ -515,7 +521,7 @@ impl JsonSession {
                             Answer::Accepted { event } => Some(event.0),
                             _ => None,
                         };
-                        self.send_text(crate::render::ack_text(&kind, &id, event));
+                        self.send_text(crate::render::ack_text(kind, &id, event));
                     }
                 }
             },
@@ -674,7 +680,7 @@ fn call_data(request: &Request) -> Vec<u8> {
     request
         .body
         .get("data")
-        .map(|d| crate::render::to_text(d).into_bytes())
+        .map(|d| crate::render::to_text(&d).into_bytes())
         .unwrap_or_default()
 }
 
@@ -687,7 +693,7 @@ impl Session for JsonSession {
             }
             Input::Message(WsMessage::Text(text)) => {
                 if !self.closed {
-                    self.on_text(&text);
+                    self.on_text(text);
                 }
             }
             Input::Message(WsMessage::Pong(payload)) => self.on_pong(&payload),
