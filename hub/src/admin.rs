@@ -110,6 +110,7 @@ async fn plugins(hub: web::Data<Arc<HubState>>) -> HttpResponse {
                 "version": plugin.manifest.version,
                 "protocol_version": plugin.manifest.protocol_version,
                 "abi": hub_plugin_sdk::abi::ABI_VERSION,
+                "allocator": crate::server::allocator_name(plugin.instance.library()),
                 "file": plugin.instance.library().path().display().to_string(),
                 "listeners": listeners,
             })

@@ -5,10 +5,11 @@
 #![allow(unsafe_code)]
 
 use hub_plugin_sdk::abi::{
-    EntryFn, PluginVTable, RBuf, ABI_VERSION, ENTRY_SYMBOL, SCHEMA_HASH, STATUS_ERROR, STATUS_OK,
-    STATUS_PANIC,
+    EntryFn, HubAllocator, PluginVTable, RBuf, ABI_VERSION, ENTRY_SYMBOL, SCHEMA_HASH,
+    STATUS_ERROR, STATUS_OK, STATUS_PANIC,
 };
 use hub_plugin_sdk::{Input, Manifest, Now, Output, SessionInfo};
+use std::alloc::Layout;
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,11 +87,46 @@ pub fn discover(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// The hub's global allocator (jemalloc, see `main.rs`) as offered to plugins.
+static HUB_ALLOCATOR: HubAllocator = HubAllocator {
+    alloc: hub_alloc,
+    alloc_zeroed: hub_alloc_zeroed,
+    dealloc: hub_dealloc,
+    realloc: hub_realloc,
+};
+
+// The four calls forward to `std::alloc`, i.e. to the hub's `#[global_allocator]`. The
+// plugin calls them from its own `GlobalAlloc`, whose callers guarantee what
+// `GlobalAlloc` requires: a valid layout (non-zero size, power-of-two alignment) and
+// blocks freed or resized with the layout they were allocated with.
+
+unsafe extern "C" fn hub_alloc(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: a valid, non-zero-sized layout (GlobalAlloc contract, see above).
+    unsafe { std::alloc::alloc(Layout::from_size_align_unchecked(size, align)) }
+}
+
+unsafe extern "C" fn hub_alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    // SAFETY: as for `hub_alloc`.
+    unsafe { std::alloc::alloc_zeroed(Layout::from_size_align_unchecked(size, align)) }
+}
+
+unsafe extern "C" fn hub_dealloc(ptr: *mut u8, size: usize, align: usize) {
+    // SAFETY: `ptr` came from `hub_alloc`/`hub_realloc` with this layout.
+    unsafe { std::alloc::dealloc(ptr, Layout::from_size_align_unchecked(size, align)) }
+}
+
+unsafe extern "C" fn hub_realloc(ptr: *mut u8, size: usize, align: usize, new: usize) -> *mut u8 {
+    // SAFETY: as for `hub_dealloc`; `new` is a valid size for `align`.
+    unsafe { std::alloc::realloc(ptr, Layout::from_size_align_unchecked(size, align), new) }
+}
+
 /// A loaded plugin library.
 pub struct Library {
     path: PathBuf,
     manifest: Manifest,
     vtable: *const PluginVTable,
+    /// The plugin took the hub's allocator: what it returns is the hub's to keep.
+    shares_allocator: bool,
     // Kept loaded for as long as any instance or session exists (they hold an Arc).
     _lib: libloading::Library,
 }
@@ -102,9 +138,19 @@ unsafe impl Send for Library {}
 // SAFETY: as above: shared access only reads the static vtable.
 unsafe impl Sync for Library {}
 
-/// Takes a buffer the plugin returned, copies it, and gives it back to be freed.
-fn take_buf(vtable: &PluginVTable, buf: RBuf) -> Vec<u8> {
-    let bytes = if buf.ptr.is_null() || buf.len == 0 {
+/// Takes a buffer the plugin returned: as it is if the plugin allocates with the hub's
+/// allocator (`shared`), else a copy, giving the plugin's own buffer back to be freed.
+fn take_buf(vtable: &PluginVTable, shared: bool, buf: RBuf) -> Vec<u8> {
+    if buf.ptr.is_null() {
+        return Vec::new();
+    }
+    if shared {
+        // SAFETY: a non-null RBuf is a `Vec<u8>`'s raw parts (`export.rs`), allocated
+        // through the hub's allocator since the plugin shares it: this process's global
+        // allocator, with the layout a `Vec<u8>` of that capacity frees.
+        return unsafe { Vec::from_raw_parts(buf.ptr, buf.len, buf.cap) };
+    }
+    let bytes = if buf.len == 0 {
         Vec::new()
     } else {
         // SAFETY: a non-null RBuf from the plugin describes `len` initialised bytes it
@@ -116,8 +162,13 @@ fn take_buf(vtable: &PluginVTable, buf: RBuf) -> Vec<u8> {
     bytes
 }
 
-fn status_result(vtable: &PluginVTable, status: u32, buf: RBuf) -> Result<Vec<u8>, SessionFault> {
-    let bytes = take_buf(vtable, buf);
+fn status_result(
+    vtable: &PluginVTable,
+    shared: bool,
+    status: u32,
+    buf: RBuf,
+) -> Result<Vec<u8>, SessionFault> {
+    let bytes = take_buf(vtable, shared, buf);
     let text = || String::from_utf8_lossy(&bytes).into_owned();
     match status {
         STATUS_OK => Ok(bytes),
@@ -171,6 +222,9 @@ impl Library {
                 expected: SCHEMA_HASH,
             });
         }
+        // Before any other call, so that the plugin has allocated nothing yet.
+        // SAFETY: the table is static and outlives the library.
+        let shares_allocator = unsafe { (table.use_allocator)(&HUB_ALLOCATOR) } == 1;
         let mut out = RBuf::empty();
         // SAFETY: `out` is a valid RBuf to write.
         let status = unsafe { (table.manifest)(&mut out) };
@@ -179,14 +233,15 @@ impl Library {
             what,
             detail,
         };
-        let bytes =
-            status_result(table, status, out).map_err(|e| call_error("manifest", e.to_string()))?;
+        let bytes = status_result(table, shares_allocator, status, out)
+            .map_err(|e| call_error("manifest", e.to_string()))?;
         let manifest: Manifest =
             postcard::from_bytes(&bytes).map_err(|e| call_error("manifest", e.to_string()))?;
         Ok(Arc::new(Library {
             path: path.to_owned(),
             manifest,
             vtable,
+            shares_allocator,
             _lib: lib,
         }))
     }
@@ -194,6 +249,16 @@ impl Library {
     fn table(&self) -> &PluginVTable {
         // SAFETY: checked at load; static data that lives as long as `_lib`.
         unsafe { &*self.vtable }
+    }
+
+    /// A call's status and out-buffer as its result.
+    fn result(&self, status: u32, out: RBuf) -> Result<Vec<u8>, SessionFault> {
+        status_result(self.table(), self.shares_allocator, status, out)
+    }
+
+    /// Whether the plugin allocates with the hub's allocator.
+    pub fn shares_allocator(&self) -> bool {
+        self.shares_allocator
     }
 
     /// The plugin's manifest.
@@ -217,7 +282,7 @@ impl Library {
         // SAFETY: the config slice is live for the call; `instance` and `out` are valid.
         let status =
             unsafe { (self.table().create)(json.as_ptr(), json.len(), &mut instance, &mut out) };
-        status_result(self.table(), status, out).map_err(|e| LoadError::Call {
+        self.result(status, out).map_err(|e| LoadError::Call {
             path: self.path.clone(),
             what: "create",
             detail: e.to_string(),
@@ -277,7 +342,7 @@ impl Instance {
                 &mut out,
             )
         };
-        status_result(table, status, out)?;
+        self.library.result(status, out)?;
         if session.is_null() {
             return Err(SessionFault::Plugin("open returned no session".into()));
         }
@@ -311,7 +376,7 @@ impl PluginSession {
         let mut out = RBuf::empty();
         // SAFETY: the session is live and used by this thread only; the slice is live.
         let status = unsafe { (table.drive)(self.session, bytes.as_ptr(), bytes.len(), &mut out) };
-        match status_result(table, status, out) {
+        match self.instance.library.result(status, out) {
             Ok(bytes) => postcard::from_bytes(&bytes)
                 .map_err(|e| SessionFault::Plugin(format!("undecodable outputs: {e}"))),
             Err(fault) => {

@@ -7,8 +7,9 @@ use clap::Parser;
 /// jemalloc instead of glibc's malloc. The message path allocates small short-lived
 /// buffers on one thread (a connection's) and frees them on another (a user actor's);
 /// glibc spent about a sixth of the hub's CPU on that, and the 1:1 benchmark needs
-/// roughly half the CPU per message with jemalloc (docs/performance.md). Plugins keep
-/// their own allocator: the ABI has each side free what it allocated.
+/// roughly half the CPU per message with jemalloc (docs/performance.md). The loader
+/// offers it to every plugin library (`loader::HUB_ALLOCATOR`), so the plugins'
+/// allocations are jemalloc's too.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

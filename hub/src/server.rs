@@ -66,7 +66,8 @@ pub fn load_plugins(config: &HubConfig) -> anyhow::Result<Vec<Arc<LoadedPlugin>>
                 continue;
             }
         };
-        tracing::info!(plugin = %manifest.name, version = %manifest.version, file = %path.display(), "plugin loaded");
+        let allocator = allocator_name(&library);
+        tracing::info!(plugin = %manifest.name, version = %manifest.version, file = %path.display(), allocator, "plugin loaded");
         loaded.push(Arc::new(LoadedPlugin {
             manifest,
             instance,
@@ -78,6 +79,17 @@ pub fn load_plugins(config: &HubConfig) -> anyhow::Result<Vec<Arc<LoadedPlugin>>
         tracing::warn!(dir = %dir.display(), "no plugins loaded: the hub serves only its admin address");
     }
     Ok(loaded)
+}
+
+/// Which allocator a plugin's library uses, as `GET /plugins` and the log name it: the
+/// hub's, or its own (a plugin exported with `own_allocator`, or one that allocated
+/// before the hub offered it).
+pub fn allocator_name(library: &Library) -> &'static str {
+    if library.shares_allocator() {
+        "hub"
+    } else {
+        "own"
+    }
 }
 
 /// Opens the store in `<data_dir>/store`.

@@ -44,6 +44,33 @@ fn a_plugin_with_another_abi_version_is_refused_and_the_hub_starts_without_it() 
 }
 
 #[test]
+fn plugins_take_the_hubs_allocator_unless_exported_with_their_own() {
+    let hub = Hub::start(HubOptions::with(&["json", "retro", "testkit"]));
+    let (status, body) = hub.http_get("/plugins");
+    assert_eq!(status, 200);
+    let plugins: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let allocator = |name: &str| {
+        plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {plugins}"))["allocator"]
+            .clone()
+    };
+    assert_eq!(allocator("json"), "hub");
+    assert_eq!(allocator("retro"), "hub");
+    assert_eq!(allocator("testkit"), "own");
+    // Both ways back work: a shared plugin's buffers are kept, an own one's copied.
+    let (mut a, mut a_reader) = line_client(hub.addr("testkit", "tcp"));
+    let long = "x".repeat(1000);
+    assert_eq!(ask(&mut a, &mut a_reader, &format!("echo {long}")), long);
+    let mut json = hub_tests::json_client::JsonClient::connect(hub.addr("json", "main")).unwrap();
+    let reply = json.signup("alloc", "pw", "sha256").unwrap();
+    assert_eq!(reply["resp_code"], 0, "{reply}");
+}
+
+#[test]
 fn a_panicking_session_closes_only_its_own_connection() {
     let hub = Hub::start(HubOptions::with(&["testkit"]));
     let addr = hub.addr("testkit", "tcp");

@@ -11,7 +11,9 @@
 //! Only `#[repr(C)]` data, byte slices and `extern "C"` function pointers cross the
 //! boundary. Structured values are postcard-encoded SDK types (config is JSON text).
 //! Memory is freed by the side that allocated it: buffers the plugin returns are given
-//! back through [`PluginVTable::free_buf`].
+//! back through [`PluginVTable::free_buf`], unless the plugin took the hub's allocator
+//! ([`PluginVTable::use_allocator`] answered 1), in which case every allocation of the
+//! plugin is the hub's and the hub keeps returned buffers as they are.
 //!
 //! Every function returns a status: [`STATUS_OK`] (the out-buffer holds the result),
 //! [`STATUS_ERROR`] (it holds a UTF-8 error text) or [`STATUS_PANIC`] (the plugin code
@@ -21,7 +23,7 @@ use std::ffi::c_void;
 
 /// Version of this ABI (the vtable layout). The hub refuses plugins built against another
 /// one.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// FNV-1a over a string, usable in constants.
 const fn fnv1a(text: &str) -> u64 {
@@ -90,6 +92,22 @@ impl RBuf {
     }
 }
 
+/// The hub's global allocator, offered to a plugin through
+/// [`PluginVTable::use_allocator`]: the four calls of Rust's `GlobalAlloc`, with the
+/// layout as size and alignment. Static in the hub, so it outlives every plugin.
+#[repr(C)]
+pub struct HubAllocator {
+    /// `GlobalAlloc::alloc`.
+    pub alloc: unsafe extern "C" fn(size: usize, align: usize) -> *mut u8,
+    /// `GlobalAlloc::alloc_zeroed`.
+    pub alloc_zeroed: unsafe extern "C" fn(size: usize, align: usize) -> *mut u8,
+    /// `GlobalAlloc::dealloc`.
+    pub dealloc: unsafe extern "C" fn(ptr: *mut u8, size: usize, align: usize),
+    /// `GlobalAlloc::realloc`.
+    pub realloc:
+        unsafe extern "C" fn(ptr: *mut u8, size: usize, align: usize, new_size: usize) -> *mut u8,
+}
+
 /// Returns the vtable; the type of the exported [`ENTRY_SYMBOL`].
 pub type EntryFn = unsafe extern "C" fn() -> *const PluginVTable;
 
@@ -135,4 +153,9 @@ pub struct PluginVTable {
     pub close: unsafe extern "C" fn(session: *mut c_void),
     /// Frees a buffer the plugin returned.
     pub free_buf: unsafe extern "C" fn(buf: RBuf),
+    /// Offers the hub's allocator; called once, right after the version checks and
+    /// before any other call. Answers 1 if every allocation of the plugin goes through
+    /// it from now on (the plugin had allocated nothing yet), 0 if the plugin keeps its
+    /// own allocator (then `free_buf` frees what it returns).
+    pub use_allocator: unsafe extern "C" fn(allocator: *const HubAllocator) -> u32,
 }

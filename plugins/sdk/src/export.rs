@@ -6,14 +6,18 @@
 
 #![allow(unsafe_code)]
 
-use crate::abi::{PluginVTable, RBuf, STATUS_ERROR, STATUS_OK, STATUS_PANIC};
+use crate::abi::{HubAllocator, PluginVTable, RBuf, STATUS_ERROR, STATUS_OK, STATUS_PANIC};
 use crate::io::{Input, Now, Output, SessionInfo};
 use crate::plugin::{drive as drive_session, Protocol};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
-/// Builds the vtable for protocol `P`, claiming ABI version `abi_version`.
-pub const fn vtable<P: Protocol>(abi_version: u32) -> PluginVTable {
+/// Builds the vtable for protocol `P`, claiming ABI version `abi_version`. With
+/// `shares_allocator` (the library's global allocator is [`PluginAllocator`]) the plugin
+/// accepts the hub's allocator; without it, it keeps its own.
+pub const fn vtable<P: Protocol>(abi_version: u32, shares_allocator: bool) -> PluginVTable {
     PluginVTable {
         abi_version,
         schema_hash: crate::abi::SCHEMA_HASH,
@@ -24,6 +28,11 @@ pub const fn vtable<P: Protocol>(abi_version: u32) -> PluginVTable {
         drive: drive::<P>,
         close: close::<P>,
         free_buf,
+        use_allocator: if shares_allocator {
+            use_allocator
+        } else {
+            keep_own_allocator
+        },
     }
 }
 
@@ -179,6 +188,139 @@ unsafe extern "C" fn free_buf(buf: RBuf) {
     drop(unsafe { Vec::from_raw_parts(buf.ptr, buf.len, buf.cap) });
 }
 
+/// Which allocator a library whose global allocator is [`PluginAllocator`] uses. It is
+/// decided once and never changes, so everything is freed by the allocator that made it:
+/// the hub's, if its table arrives before the library's first allocation (the hub
+/// offers it right after loading); the system's, if anything allocated first.
+pub struct AllocatorChoice {
+    state: AtomicU8,
+    hub: AtomicPtr<HubAllocator>,
+}
+
+const UNDECIDED: u8 = 0;
+const OWN: u8 = 1;
+/// `adopt` won and is storing the table.
+const ADOPTING: u8 = 2;
+const HUB: u8 = 3;
+
+impl AllocatorChoice {
+    /// Nothing decided yet.
+    pub const fn new() -> AllocatorChoice {
+        AllocatorChoice {
+            state: AtomicU8::new(UNDECIDED),
+            hub: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// The hub's table if it was adopted, else `None` (the system allocator), deciding
+    /// for the system if nothing was decided yet: an allocation is about to be made.
+    pub fn for_allocation(&self) -> Option<&HubAllocator> {
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                // SAFETY: `hub` was set, to a table the hub keeps static, before `state`
+                // became HUB (release), and this thread read HUB with acquire.
+                HUB => return Some(unsafe { &*self.hub.load(Ordering::Relaxed) }),
+                UNDECIDED => {
+                    if self
+                        .state
+                        .compare_exchange(UNDECIDED, OWN, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return None;
+                    }
+                }
+                // A table is being stored this very moment: a few instructions.
+                ADOPTING => std::hint::spin_loop(),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Takes `table` for every allocation from now on if nothing was allocated yet and
+    /// no table was taken before; the answer is whether this call took it (a refused
+    /// offer is always safe: the plugin then frees its own buffers).
+    pub fn adopt(&self, table: *const HubAllocator) -> bool {
+        if table.is_null()
+            || self
+                .state
+                .compare_exchange(UNDECIDED, ADOPTING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return false;
+        }
+        self.hub.store(table.cast_mut(), Ordering::Relaxed);
+        self.state.store(HUB, Ordering::Release);
+        true
+    }
+
+    /// Whether the hub's allocator was adopted.
+    pub fn is_hub(&self) -> bool {
+        self.state.load(Ordering::Acquire) == HUB
+    }
+}
+
+impl Default for AllocatorChoice {
+    fn default() -> Self {
+        AllocatorChoice::new()
+    }
+}
+
+/// The library's choice (see [`AllocatorChoice`]).
+static CHOICE: AllocatorChoice = AllocatorChoice::new();
+
+/// The global allocator `export_plugin!` installs in a plugin library: the hub's
+/// allocator once the hub has offered it, the system's if the library allocated before
+/// (as a plugin's own unit tests do). One allocator for the whole process: the plugins'
+/// small short-lived allocations get the hub's jemalloc instead of glibc's malloc, and
+/// the buffers a plugin returns need no copy.
+pub struct PluginAllocator;
+
+// SAFETY: every call goes to the allocator chosen once and for all by `CHOICE`, so a
+// block is always freed or resized by the allocator that made it; both allocators
+// uphold `GlobalAlloc`'s contract (the hub's table forwards to the hub's own global
+// allocator with the same layout).
+unsafe impl GlobalAlloc for PluginAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match CHOICE.for_allocation() {
+            // SAFETY: the caller's layout contract carries over.
+            Some(hub) => unsafe { (hub.alloc)(layout.size(), layout.align()) },
+            None => unsafe { System.alloc(layout) },
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match CHOICE.for_allocation() {
+            // SAFETY: as for `alloc`.
+            Some(hub) => unsafe { (hub.alloc_zeroed)(layout.size(), layout.align()) },
+            None => unsafe { System.alloc_zeroed(layout) },
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        match CHOICE.for_allocation() {
+            // SAFETY: `ptr` was allocated by this same choice with `layout`.
+            Some(hub) => unsafe { (hub.dealloc)(ptr, layout.size(), layout.align()) },
+            None => unsafe { System.dealloc(ptr, layout) },
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        match CHOICE.for_allocation() {
+            // SAFETY: as for `dealloc`; the caller guarantees `new_size` is valid.
+            Some(hub) => unsafe { (hub.realloc)(ptr, layout.size(), layout.align(), new_size) },
+            None => unsafe { System.realloc(ptr, layout, new_size) },
+        }
+    }
+}
+
+unsafe extern "C" fn use_allocator(table: *const HubAllocator) -> u32 {
+    CHOICE.adopt(table) as u32
+}
+
+unsafe extern "C" fn keep_own_allocator(_table: *const HubAllocator) -> u32 {
+    0
+}
+
 /// Exports a [`Protocol`] as this library's plugin entry point.
 ///
 /// Put it once at the root of a `cdylib` crate:
@@ -186,10 +328,20 @@ unsafe extern "C" fn free_buf(buf: RBuf) {
 /// ```ignore
 /// hub_plugin_sdk::export_plugin!(MyProtocol);
 /// ```
+///
+/// It also makes [`PluginAllocator`] the library's global allocator, so the plugin uses
+/// the hub's. A plugin with a `#[global_allocator]` of its own writes
+/// `export_plugin!(MyProtocol, own_allocator)` instead.
 #[macro_export]
 macro_rules! export_plugin {
     ($protocol:ty) => {
         $crate::__export_plugin_with_abi!($protocol, $crate::abi::ABI_VERSION);
+        #[global_allocator]
+        static HUB_PLUGIN_ALLOCATOR: $crate::export::PluginAllocator =
+            $crate::export::PluginAllocator;
+    };
+    ($protocol:ty, own_allocator) => {
+        $crate::__export_plugin_with_abi!($protocol, $crate::abi::ABI_VERSION, own_allocator);
     };
 }
 
@@ -199,12 +351,99 @@ macro_rules! export_plugin {
 #[macro_export]
 macro_rules! __export_plugin_with_abi {
     ($protocol:ty, $abi:expr) => {
+        $crate::__export_plugin_with_abi!(@entry $protocol, $abi, true);
+    };
+    ($protocol:ty, $abi:expr, own_allocator) => {
+        $crate::__export_plugin_with_abi!(@entry $protocol, $abi, false);
+    };
+    (@entry $protocol:ty, $abi:expr, $shares:expr) => {
         /// The plugin entry point the hub looks up.
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
         pub extern "C" fn hub_plugin_entry() -> *const $crate::abi::PluginVTable {
-            static VTABLE: $crate::abi::PluginVTable = $crate::export::vtable::<$protocol>($abi);
+            static VTABLE: $crate::abi::PluginVTable =
+                $crate::export::vtable::<$protocol>($abi, $shares);
             &VTABLE
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn counted_alloc(size: usize, align: usize) -> *mut u8 {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the test passes a valid layout.
+        unsafe { System.alloc(Layout::from_size_align_unchecked(size, align)) }
+    }
+
+    unsafe extern "C" fn counted_alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(Layout::from_size_align_unchecked(size, align)) }
+    }
+
+    unsafe extern "C" fn counted_dealloc(ptr: *mut u8, size: usize, align: usize) {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, Layout::from_size_align_unchecked(size, align)) }
+    }
+
+    unsafe extern "C" fn counted_realloc(
+        ptr: *mut u8,
+        size: usize,
+        align: usize,
+        new_size: usize,
+    ) -> *mut u8 {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe {
+            System.realloc(
+                ptr,
+                Layout::from_size_align_unchecked(size, align),
+                new_size,
+            )
+        }
+    }
+
+    static TABLE: HubAllocator = HubAllocator {
+        alloc: counted_alloc,
+        alloc_zeroed: counted_alloc_zeroed,
+        dealloc: counted_dealloc,
+        realloc: counted_realloc,
+    };
+
+    #[test]
+    fn the_hubs_allocator_is_taken_only_before_the_first_allocation_and_for_good() {
+        let fresh = AllocatorChoice::new();
+        assert!(!fresh.adopt(std::ptr::null()), "no table, nothing adopted");
+        assert!(fresh.adopt(&TABLE));
+        assert!(fresh.is_hub());
+        let table = fresh.for_allocation().expect("the hub's table");
+        let before = CALLS.load(Ordering::Relaxed);
+        // SAFETY: a valid layout; the block is freed with it.
+        unsafe {
+            let block = (table.alloc)(64, 8);
+            assert!(!block.is_null());
+            let block = (table.realloc)(block, 64, 8, 128);
+            (table.dealloc)(block, 128, 8);
+        }
+        assert_eq!(CALLS.load(Ordering::Relaxed) - before, 3);
+        // Offered again: refused, and the first table stays.
+        assert!(!fresh.adopt(&TABLE));
+        assert!(fresh.is_hub());
+
+        let allocated_first = AllocatorChoice::new();
+        assert!(allocated_first.for_allocation().is_none(), "the system's");
+        assert!(
+            !allocated_first.adopt(&TABLE),
+            "too late: something was allocated"
+        );
+        assert!(!allocated_first.is_hub());
+        assert!(allocated_first.for_allocation().is_none());
+    }
 }

@@ -147,4 +147,6 @@ impl Session for TestkitSession {
     }
 }
 
-hub_plugin_sdk::export_plugin!(Testkit);
+// The testkit keeps the system allocator (the real plugins take the hub's), so the
+// end-to-end tests cover both ways a plugin's buffers come back to the hub.
+hub_plugin_sdk::export_plugin!(Testkit, own_allocator);
