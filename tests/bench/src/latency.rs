@@ -258,7 +258,7 @@ fn row(label: String, params: Params, m: &Measured) -> Row {
 }
 
 /// The group-commit series of `/metrics` a hub row reports on.
-const FLUSH_COUNTERS: [&str; 5] = [
+pub const FLUSH_COUNTERS: [&str; 5] = [
     "hub_store_flush_seconds_count",
     "hub_store_flush_seconds_sum",
     "hub_store_flush_waiters_total",
@@ -267,7 +267,7 @@ const FLUSH_COUNTERS: [&str; 5] = [
 ];
 
 /// The columns [`flush_figures`] fills.
-const FLUSH_COLUMNS: [&str; 5] = [
+pub const FLUSH_COLUMNS: [&str; 5] = [
     "flushes",
     "flush_ms",
     "waiters_per_flush",
@@ -279,7 +279,7 @@ const FLUSH_COLUMNS: [&str; 5] = [
 /// often it flushed, how long a flush took (sled's flush plus the fsync), how many
 /// messages one served, and the flush's tail from the histogram (does it explain the
 /// latency's?).
-fn flush_figures([count, seconds, waiters, within_2ms, within_5ms]: [f64; 5]) -> [f64; 5] {
+pub fn flush_figures([count, seconds, waiters, within_2ms, within_5ms]: [f64; 5]) -> [f64; 5] {
     [
         count,
         seconds * 1e3 / count,
@@ -359,6 +359,16 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
             relay_row.figures.push((column, f64::NAN));
         }
         rows.push(relay_row);
+        if durability == "flush" {
+            // The storage floor under the same schedule: what of the hub's latency is
+            // sled and the group commit alone.
+            rows.push(crate::store::open_loop(
+                pairs,
+                params.rate,
+                seconds,
+                durability,
+            ));
+        }
     }
     rows
 }
