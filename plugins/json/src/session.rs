@@ -86,6 +86,7 @@ pub struct JsonSession {
 impl JsonSession {
     /// A new session.
     pub fn new(config: Arc<Config>) -> Self {
+        let receipts = Receipts::with_gap(config.receipt_gap_ms);
         JsonSession {
             config,
             out: VecDeque::new(),
@@ -98,7 +99,7 @@ impl JsonSession {
             early: Vec::new(),
             blocked: VecDeque::new(),
             checking: false,
-            receipts: Receipts::new(),
+            receipts,
             now_ms: 0,
             deadline: None,
             closed: false,

@@ -240,7 +240,11 @@ fn deliveries_are_acknowledged_by_pong_not_before() {
         .any(|o| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(_))))));
     let outs = h.input(Input::Message(WsMessage::Pong(4u64.to_be_bytes().to_vec())));
     assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(4) });
-    assert!(outs.iter().any(|o| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(p))) if p == &5u64.to_be_bytes().to_vec())));
+    // The next receipt ping waits out `receipt_gap_ms` (10 ms) from the last one.
+    let is_ping_5 = |o: &Output| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(p))) if p == &5u64.to_be_bytes().to_vec());
+    assert!(!outs.iter().any(is_ping_5), "not within the gap");
+    assert!(!h.advance(9).iter().any(is_ping_5));
+    assert!(h.advance(1).iter().any(is_ping_5), "at the gap's end");
     // A pong that never comes (the client answered a later keep-alive ping instead):
     // the receipt ping is sent again.
     let outs = h.advance(5_000);

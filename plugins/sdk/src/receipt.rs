@@ -18,6 +18,10 @@ pub struct Receipts {
     acked: Seq,
     outstanding: bool,
     retry_at: Option<u64>,
+    /// Least milliseconds between two receipt pings (0: one as soon as the last is
+    /// answered).
+    gap_ms: u64,
+    last_ping_at: Option<u64>,
 }
 
 impl Default for Receipts {
@@ -27,13 +31,22 @@ impl Default for Receipts {
 }
 
 impl Receipts {
-    /// Fresh state.
+    /// Fresh state: a ping as soon as the last one is answered.
     pub fn new() -> Receipts {
+        Receipts::with_gap(0)
+    }
+
+    /// Fresh state, with at least `gap_ms` between two pings: under a steady stream of
+    /// events one pong (and one cursor write) then covers everything delivered in that
+    /// time instead of the few events since the last pong.
+    pub fn with_gap(gap_ms: u64) -> Receipts {
         Receipts {
             delivered: Seq(0),
             acked: Seq(0),
             outstanding: false,
             retry_at: None,
+            gap_ms,
+            last_ping_at: None,
         }
     }
 
@@ -63,9 +76,20 @@ impl Receipts {
         if self.outstanding || self.delivered <= self.acked {
             return None;
         }
+        if self.next_ping_at().is_some_and(|at| now_ms < at) {
+            return None;
+        }
         self.outstanding = true;
         self.retry_at = Some(now_ms + RETRY_MS);
+        self.last_ping_at = Some(now_ms);
         Some(self.delivered.0.to_be_bytes().to_vec())
+    }
+
+    /// The earliest time the gap allows the next ping.
+    fn next_ping_at(&self) -> Option<u64> {
+        self.last_ping_at
+            .filter(|_| self.gap_ms > 0)
+            .map(|at| at.saturating_add(self.gap_ms))
     }
 
     /// A pong arrived: the position it proves, if it is one of ours and new.
@@ -83,9 +107,16 @@ impl Receipts {
         }
     }
 
-    /// When an unanswered ping should be sent again.
+    /// When [`Receipts::poll_ping`] should be called next: an unanswered ping is due
+    /// again, or the gap that holds back a ping for events already delivered ends.
     pub fn deadline(&self) -> Option<u64> {
-        self.retry_at
+        if self.outstanding {
+            self.retry_at
+        } else if self.delivered > self.acked {
+            self.next_ping_at()
+        } else {
+            None
+        }
     }
 }
 
@@ -114,5 +145,29 @@ mod tests {
             None,
             "beyond what was sent"
         );
+    }
+
+    #[test]
+    fn a_gap_holds_the_next_ping_back_and_says_when_it_may_go() {
+        let mut r = Receipts::with_gap(10);
+        r.delivered(Seq(1));
+        let first = r.poll_ping(100).unwrap();
+        assert_eq!(r.on_pong(&first), Some(Seq(1)));
+        assert_eq!(r.deadline(), None, "nothing unproven");
+        r.delivered(Seq(2));
+        assert_eq!(r.poll_ping(104), None, "within the gap");
+        assert_eq!(r.deadline(), Some(110), "the gap's end");
+        r.delivered(Seq(7));
+        let second = r.poll_ping(110).unwrap();
+        assert_eq!(second, 7u64.to_be_bytes().to_vec(), "one ping for all five");
+        assert_eq!(r.deadline(), Some(110 + RETRY_MS), "outstanding: the retry");
+        assert_eq!(r.on_pong(&second), Some(Seq(7)));
+        // Without a gap, the next ping goes at once.
+        let mut eager = Receipts::new();
+        eager.delivered(Seq(1));
+        let ping = eager.poll_ping(0).unwrap();
+        eager.on_pong(&ping);
+        eager.delivered(Seq(2));
+        assert!(eager.poll_ping(0).is_some());
     }
 }

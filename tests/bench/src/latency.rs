@@ -324,9 +324,12 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
         let cpu = || hub.pid().and_then(process_cpu);
         let switches = || hub.pid().and_then(process_context_switches);
         let flushes = || FLUSH_COUNTERS.map(|name| hub.metric(name).unwrap_or(f64::NAN));
+        let acks = || hub.metric("hub_acks_total").unwrap_or(f64::NAN);
         let (cpu_before, switches_before, flushes_before) = (cpu(), switches(), flushes());
+        let acks_before = acks();
         let measured = drive(hub.addr("json", "main"), params, "h");
         let flushes_after = flushes();
+        let acks_after = acks();
         let mut hub_row = row(
             format!("hub ({durability}) at {pct}% of its max"),
             params,
@@ -344,6 +347,12 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
             let per_msg = (after - before) as f64 / measured.sent as f64;
             hub_row.figures.push(("switches_per_msg", per_msg));
         }
+        // Proofs of receipt (cursor moves) per message: how much the receivers' pongs
+        // cost when deliveries come one at a time.
+        hub_row.figures.push((
+            "acks_per_msg",
+            (acks_after - acks_before) / measured.sent as f64,
+        ));
         let delta = std::array::from_fn(|i| flushes_after[i] - flushes_before[i]);
         hub_row
             .figures
