@@ -31,7 +31,7 @@ pub struct Config {
     pub handshake_timeout_secs: u64,
     /// Requests in flight per connection before new ones get code 14.
     pub max_pending: usize,
-    /// Least milliseconds between two receipt pings on a connection.
+    /// Least milliseconds between two receipt pings on a connection (0: at once).
     pub receipt_gap_ms: u64,
     #[serde(skip)]
     handshake_timeout_ms: u64,
@@ -43,7 +43,7 @@ impl Default for Config {
             server_name: "hub".into(),
             handshake_timeout_secs: 120,
             max_pending: 256,
-            receipt_gap_ms: 10,
+            receipt_gap_ms: 0,
             handshake_timeout_ms: 0,
         }
     }

@@ -9,8 +9,17 @@ use hub_plugin_sdk::{
 use serde_json::{json, Value};
 
 fn session() -> Harness<JsonSession> {
-    let protocol =
-        Json::from_config(&json!({"handshake_timeout_secs": 5, "enabled": true})).unwrap();
+    session_with(json!({}))
+}
+
+/// A session of a plugin configured with `extra` besides the tests' usual keys.
+fn session_with(extra: Value) -> Harness<JsonSession> {
+    let mut config = json!({"handshake_timeout_secs": 5, "enabled": true});
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let protocol = Json::from_config(&config).unwrap();
     let mut harness = Harness::new(protocol.open(session_info(Transport::WebSocket)));
     assert!(harness.input(Input::Opened).is_empty());
     harness
@@ -168,7 +177,10 @@ fn bad_input_gets_resp_codes_and_the_session_survives() {
 }
 
 fn subscribed() -> Harness<JsonSession> {
-    let mut h = session();
+    subscribed_from(session())
+}
+
+fn subscribed_from(mut h: Harness<JsonSession>) -> Harness<JsonSession> {
     let outs = h.input(text(json!({"type": "subscribe", "session": "tok"})));
     let check = commands(&outs)[0].clone();
     let outs = h.input(answer(check.id, session_answer()));
@@ -240,11 +252,7 @@ fn deliveries_are_acknowledged_by_pong_not_before() {
         .any(|o| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(_))))));
     let outs = h.input(Input::Message(WsMessage::Pong(4u64.to_be_bytes().to_vec())));
     assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(4) });
-    // The next receipt ping waits out `receipt_gap_ms` (10 ms) from the last one.
-    let is_ping_5 = |o: &Output| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(p))) if p == &5u64.to_be_bytes().to_vec());
-    assert!(!outs.iter().any(is_ping_5), "not within the gap");
-    assert!(!h.advance(9).iter().any(is_ping_5));
-    assert!(h.advance(1).iter().any(is_ping_5), "at the gap's end");
+    assert!(outs.iter().any(|o| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(p))) if p == &5u64.to_be_bytes().to_vec())));
     // A pong that never comes (the client answered a later keep-alive ping instead):
     // the receipt ping is sent again.
     let outs = h.advance(5_000);
@@ -252,6 +260,28 @@ fn deliveries_are_acknowledged_by_pong_not_before() {
     // A close, even a clean one, proves nothing: seq 5 stays unacknowledged.
     let outs = h.input(Input::Closed { clean: true });
     assert!(commands(&outs).is_empty());
+}
+
+#[test]
+fn with_a_receipt_gap_the_next_ping_waits_for_it() {
+    let mut h = subscribed_from(session_with(json!({"receipt_gap_ms": 10})));
+    let is_ping = |seq: u64| move |o: &Output| matches!(o, Output::Transmit(Transmit::Message(WsMessage::Ping(p))) if p == &seq.to_be_bytes().to_vec());
+    let outs = h.input(delivery(4, EventBody::Message(Content::Text("a".into()))));
+    assert!(outs.iter().any(is_ping(4)), "the first ping goes at once");
+    let outs = h.input(Input::Message(WsMessage::Pong(4u64.to_be_bytes().to_vec())));
+    assert_eq!(commands(&outs)[0].op, Op::Ack { through: Seq(4) });
+    let outs = h.input(delivery(5, EventBody::Message(Content::Text("b".into()))));
+    assert!(
+        !outs.iter().any(is_ping(5)),
+        "within 10 ms of the last ping"
+    );
+    let outs = h.input(delivery(6, EventBody::Message(Content::Text("c".into()))));
+    assert!(!outs.iter().any(is_ping(6)));
+    assert!(!h.advance(9).iter().any(is_ping(6)));
+    assert!(
+        h.advance(1).iter().any(is_ping(6)),
+        "one ping for both, at the gap's end"
+    );
 }
 
 #[test]
