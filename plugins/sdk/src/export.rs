@@ -335,25 +335,24 @@ unsafe extern "C" fn keep_own_allocator(_table: *const HubAllocator) -> u32 {
 #[macro_export]
 macro_rules! export_plugin {
     ($protocol:ty) => {
-        $crate::__export_plugin_with_abi!($protocol, $crate::abi::ABI_VERSION);
+        // The only arm that claims the hub's allocator is the one that installs
+        // `PluginAllocator`: a library whose allocator is another must not accept it.
+        $crate::__export_plugin_with_abi!(@entry $protocol, $crate::abi::ABI_VERSION, true);
         #[global_allocator]
         static HUB_PLUGIN_ALLOCATOR: $crate::export::PluginAllocator =
             $crate::export::PluginAllocator;
     };
     ($protocol:ty, own_allocator) => {
-        $crate::__export_plugin_with_abi!($protocol, $crate::abi::ABI_VERSION, own_allocator);
+        $crate::__export_plugin_with_abi!(@entry $protocol, $crate::abi::ABI_VERSION, false);
     };
 }
 
-/// Like [`export_plugin!`] but claiming an arbitrary ABI version: only for testing the
-/// hub's refusal of mismatched plugins.
+/// Like [`export_plugin!`] but claiming an arbitrary ABI version (and keeping the
+/// library's own allocator): only for testing the hub's refusal of mismatched plugins.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_plugin_with_abi {
     ($protocol:ty, $abi:expr) => {
-        $crate::__export_plugin_with_abi!(@entry $protocol, $abi, true);
-    };
-    ($protocol:ty, $abi:expr, own_allocator) => {
         $crate::__export_plugin_with_abi!(@entry $protocol, $abi, false);
     };
     (@entry $protocol:ty, $abi:expr, $shares:expr) => {
