@@ -508,5 +508,10 @@ fn rooms_fan_out_to_members_and_sigterm_says_goodbye() {
         Ok(None) | Err(ClientError::Closed(None)) => {}
         other => panic!("expected a goodbye, got {other:?}"),
     }
-    assert!(hub.log().contains("flushing the store"));
+    // Written before the exit, read by the harness's own thread: wait, do not race it.
+    assert!(
+        hub.wait_log("flushing the store", Duration::from_secs(5)),
+        "{}",
+        hub.log()
+    );
 }
