@@ -101,11 +101,13 @@ static HUB_ALLOCATOR: HubAllocator = HubAllocator {
 // blocks freed or resized with the layout they were allocated with.
 
 unsafe extern "C" fn hub_alloc(size: usize, align: usize) -> *mut u8 {
+    debug_assert!(size > 0 && align.is_power_of_two());
     // SAFETY: a valid, non-zero-sized layout (GlobalAlloc contract, see above).
     unsafe { std::alloc::alloc(Layout::from_size_align_unchecked(size, align)) }
 }
 
 unsafe extern "C" fn hub_alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    debug_assert!(size > 0 && align.is_power_of_two());
     // SAFETY: as for `hub_alloc`.
     unsafe { std::alloc::alloc_zeroed(Layout::from_size_align_unchecked(size, align)) }
 }

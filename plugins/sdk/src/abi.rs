@@ -5,15 +5,17 @@
 //! it before touching anything else and refuses a library whose version is not
 //! [`ABI_VERSION`], then compares [`PluginVTable::schema_hash`] with its own
 //! [`SCHEMA_HASH`] (a fingerprint of the SDK types, since postcard carries no schema).
-//! The vtable only ever grows by appending fields, and every change to it bumps
-//! [`ABI_VERSION`].
+//! The vtable only ever grows by appending fields, and every change to it or to
+//! [`HubAllocator`] bumps [`ABI_VERSION`]; this file is in [`SCHEMA_HASH`] as well, so a
+//! change that forgets the bump is still refused.
 //!
 //! Only `#[repr(C)]` data, byte slices and `extern "C"` function pointers cross the
 //! boundary. Structured values are postcard-encoded SDK types (config is JSON text).
 //! Memory is freed by the side that allocated it: buffers the plugin returns are given
 //! back through [`PluginVTable::free_buf`], unless the plugin took the hub's allocator
 //! ([`PluginVTable::use_allocator`] answered 1), in which case every allocation of the
-//! plugin is the hub's and the hub keeps returned buffers as they are.
+//! plugin's Rust code (its global allocator; C code it links calls `malloc` as ever) is
+//! the hub's and the hub keeps returned buffers as they are.
 //!
 //! Every function returns a status: [`STATUS_OK`] (the out-buffer holds the result),
 //! [`STATUS_ERROR`] (it holds a UTF-8 error text) or [`STATUS_PANIC`] (the plugin code
@@ -43,6 +45,7 @@ const fn fnv1a(text: &str) -> u64 {
 /// from different SDK sources must not talk: the hub compares this after the version.
 /// Any edit to those files (even a comment) changes it, which errs on the safe side.
 pub const SCHEMA_HASH: u64 = fnv1a(concat!(
+    include_str!("abi.rs"),
     include_str!("command.rs"),
     include_str!("event.rs"),
     include_str!("ids.rs"),
@@ -68,8 +71,9 @@ pub const STATUS_ERROR: u32 = 1;
 /// The plugin panicked: the out-buffer holds the panic message.
 pub const STATUS_PANIC: u32 = 2;
 
-/// A byte buffer allocated by the plugin and handed to the hub, which must return it
-/// through [`PluginVTable::free_buf`] (a `Vec<u8>`'s raw parts).
+/// A byte buffer allocated by the plugin and handed to the hub (a `Vec<u8>`'s raw
+/// parts). The hub returns it through [`PluginVTable::free_buf`], or, if the plugin
+/// accepted the hub's allocator, keeps it as a `Vec<u8>` of its own.
 #[repr(C)]
 #[derive(Debug)]
 pub struct RBuf {
@@ -153,9 +157,10 @@ pub struct PluginVTable {
     pub close: unsafe extern "C" fn(session: *mut c_void),
     /// Frees a buffer the plugin returned.
     pub free_buf: unsafe extern "C" fn(buf: RBuf),
-    /// Offers the hub's allocator; called once, right after the version checks and
-    /// before any other call. Answers 1 if every allocation of the plugin goes through
-    /// it from now on (the plugin had allocated nothing yet), 0 if the plugin keeps its
-    /// own allocator (then `free_buf` frees what it returns).
+    /// Offers the hub's allocator; called once per load, right after the version checks
+    /// and before any other call. Answers 1 if every allocation of the plugin's global
+    /// allocator goes through it from now on (the plugin had allocated nothing yet, or
+    /// took this same table at an earlier load of the same mapping), 0 if the plugin
+    /// keeps its own allocator (then `free_buf` frees what it returns).
     pub use_allocator: unsafe extern "C" fn(allocator: *const HubAllocator) -> u32,
 }

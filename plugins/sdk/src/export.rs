@@ -14,10 +14,26 @@ use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
-/// Builds the vtable for protocol `P`, claiming ABI version `abi_version`. With
-/// `shares_allocator` (the library's global allocator is [`PluginAllocator`]) the plugin
-/// accepts the hub's allocator; without it, it keeps its own.
-pub const fn vtable<P: Protocol>(abi_version: u32, shares_allocator: bool) -> PluginVTable {
+/// Builds the vtable for protocol `P`, claiming ABI version `abi_version`; the library
+/// keeps its own allocator (it declines the hub's).
+pub const fn vtable<P: Protocol>(abi_version: u32) -> PluginVTable {
+    with_allocator_answer::<P>(abi_version, keep_own_allocator)
+}
+
+/// Like [`vtable`], but the library accepts the hub's allocator.
+///
+/// # Safety
+/// The library's `#[global_allocator]` must be [`PluginAllocator`]: the hub keeps the
+/// buffers of a library that accepted as blocks of its own allocator. `export_plugin!`
+/// is the one caller, and it installs `PluginAllocator` in the same expansion.
+pub const unsafe fn vtable_sharing_allocator<P: Protocol>(abi_version: u32) -> PluginVTable {
+    with_allocator_answer::<P>(abi_version, use_allocator)
+}
+
+const fn with_allocator_answer<P: Protocol>(
+    abi_version: u32,
+    use_allocator: unsafe extern "C" fn(*const HubAllocator) -> u32,
+) -> PluginVTable {
     PluginVTable {
         abi_version,
         schema_hash: crate::abi::SCHEMA_HASH,
@@ -28,11 +44,7 @@ pub const fn vtable<P: Protocol>(abi_version: u32, shares_allocator: bool) -> Pl
         drive: drive::<P>,
         close: close::<P>,
         free_buf,
-        use_allocator: if shares_allocator {
-            use_allocator
-        } else {
-            keep_own_allocator
-        },
+        use_allocator,
     }
 }
 
@@ -236,21 +248,29 @@ impl AllocatorChoice {
         }
     }
 
-    /// Takes `table` for every allocation from now on if nothing was allocated yet and
-    /// no table was taken before; the answer is whether this call took it (a refused
-    /// offer is always safe: the plugin then frees its own buffers).
+    /// Takes `table` for every allocation from now on if nothing was allocated yet;
+    /// the answer is whether every allocation goes to `table` (also when the same table
+    /// was taken before: the same library loaded twice shares one mapping). A declined
+    /// offer is always safe: the plugin then frees its own buffers.
     pub fn adopt(&self, table: *const HubAllocator) -> bool {
-        if table.is_null()
-            || self
-                .state
-                .compare_exchange(UNDECIDED, ADOPTING, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
+        if table.is_null() {
             return false;
         }
-        self.hub.store(table.cast_mut(), Ordering::Relaxed);
-        self.state.store(HUB, Ordering::Release);
-        true
+        match self
+            .state
+            .compare_exchange(UNDECIDED, ADOPTING, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                self.hub.store(table.cast_mut(), Ordering::Relaxed);
+                self.state.store(HUB, Ordering::Release);
+                true
+            }
+            Err(_) => {
+                // Settles an ADOPTING race to its outcome; HUB then names the table.
+                self.for_allocation()
+                    .is_some_and(|taken| std::ptr::eq(taken, table))
+            }
+        }
     }
 
     /// Whether the hub's allocator was adopted.
@@ -335,33 +355,39 @@ unsafe extern "C" fn keep_own_allocator(_table: *const HubAllocator) -> u32 {
 #[macro_export]
 macro_rules! export_plugin {
     ($protocol:ty) => {
-        // The only arm that claims the hub's allocator is the one that installs
-        // `PluginAllocator`: a library whose allocator is another must not accept it.
-        $crate::__export_plugin_with_abi!(@entry $protocol, $crate::abi::ABI_VERSION, true);
+        // The only expansion that accepts the hub's allocator is this one, which also
+        // installs `PluginAllocator`: a library on another allocator must decline it.
         #[global_allocator]
         static HUB_PLUGIN_ALLOCATOR: $crate::export::PluginAllocator =
             $crate::export::PluginAllocator;
-    };
-    ($protocol:ty, own_allocator) => {
-        $crate::__export_plugin_with_abi!(@entry $protocol, $crate::abi::ABI_VERSION, false);
-    };
-}
 
-/// Like [`export_plugin!`] but claiming an arbitrary ABI version (and keeping the
-/// library's own allocator): only for testing the hub's refusal of mismatched plugins.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __export_plugin_with_abi {
-    ($protocol:ty, $abi:expr) => {
-        $crate::__export_plugin_with_abi!(@entry $protocol, $abi, false);
-    };
-    (@entry $protocol:ty, $abi:expr, $shares:expr) => {
         /// The plugin entry point the hub looks up.
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
         pub extern "C" fn hub_plugin_entry() -> *const $crate::abi::PluginVTable {
-            static VTABLE: $crate::abi::PluginVTable =
-                $crate::export::vtable::<$protocol>($abi, $shares);
+            // SAFETY: `PluginAllocator` is this library's global allocator (above).
+            static VTABLE: $crate::abi::PluginVTable = unsafe {
+                $crate::export::vtable_sharing_allocator::<$protocol>($crate::abi::ABI_VERSION)
+            };
+            &VTABLE
+        }
+    };
+    ($protocol:ty, own_allocator) => {
+        $crate::__export_plugin_with_abi!($protocol, $crate::abi::ABI_VERSION);
+    };
+}
+
+/// Like `export_plugin!(P, own_allocator)` but claiming an arbitrary ABI version: only
+/// for testing the hub's refusal of mismatched plugins.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_plugin_with_abi {
+    ($protocol:ty, $abi:expr) => {
+        /// The plugin entry point the hub looks up.
+        #[allow(unsafe_code)]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn hub_plugin_entry() -> *const $crate::abi::PluginVTable {
+            static VTABLE: $crate::abi::PluginVTable = $crate::export::vtable::<$protocol>($abi);
             &VTABLE
         }
     };
@@ -432,9 +458,17 @@ mod tests {
             (table.dealloc)(block, 128, 8);
         }
         assert_eq!(CALLS.load(Ordering::Relaxed) - before, 3);
-        // Offered again: refused, and the first table stays.
-        assert!(!fresh.adopt(&TABLE));
-        assert!(fresh.is_hub());
+        // Offered again (the same library loaded twice): still the hub's; another
+        // table is declined and the first one stays.
+        assert!(fresh.adopt(&TABLE));
+        static OTHER: HubAllocator = HubAllocator {
+            alloc: counted_alloc,
+            alloc_zeroed: counted_alloc_zeroed,
+            dealloc: counted_dealloc,
+            realloc: counted_realloc,
+        };
+        assert!(!fresh.adopt(&OTHER));
+        assert!(std::ptr::eq(fresh.for_allocation().unwrap(), &TABLE));
 
         let allocated_first = AllocatorChoice::new();
         assert!(allocated_first.for_allocation().is_none(), "the system's");
