@@ -434,9 +434,7 @@ impl Hub {
 
     /// One Prometheus sample's value from `/metrics` (`name{labels}` as printed).
     pub fn metric(&self, series: &str) -> Option<f64> {
-        let (_, body) = self.http_get("/metrics");
-        body.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        metric_in(&self.http_get("/metrics").1, series)
     }
 
     /// Kills the process with SIGKILL (no shutdown, no flush) and waits for it.
@@ -565,4 +563,10 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> 
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The value of `series` (a metric name with its labels, as written) in Prometheus text.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -248,12 +248,12 @@ impl JsonSession {
 
     /// Requests that act as a user: check the token (once per token), then `source`.
     fn authorized(&mut self, request: Request) -> Result<(), Refusal> {
-        if !KNOWN_ACTIONS.contains(&request.kind()) {
+        let Some(kind) = KNOWN_ACTIONS.iter().copied().find(|k| *k == request.kind()) else {
             return Err(request.refuse(
                 RespCode::UnknownType,
                 format!("unknown message type {:?}", request.kind()),
             ));
-        }
+        };
         if self.checking {
             self.blocked.push_back(request);
             return Ok(());
@@ -295,7 +295,7 @@ impl JsonSession {
                     self.fire_and_forget(Op::Authenticate { user: user.id });
                     self.identity = Some(user);
                 }
-                self.act(request)
+                self.act(kind, request)
             }
         }
     }
@@ -307,12 +307,9 @@ impl JsonSession {
         self.tokens.insert(token, user);
     }
 
-    /// Turns an authorized request into a core command.
-    fn act(&mut self, request: Request) -> Result<(), Refusal> {
-        // authorized() let only the known kinds through.
-        let Some(kind) = KNOWN_ACTIONS.iter().copied().find(|k| *k == request.kind()) else {
-            return Err(request.refuse(RespCode::UnknownType, "unknown message type"));
-        };
+    /// Turns an authorized request of `kind` (one of [`KNOWN_ACTIONS`]) into a core
+    /// command.
+    fn act(&mut self, kind: &'static str, request: Request) -> Result<(), Refusal> {
         let purpose = Purpose::Request {
             kind,
             id: request.id(),

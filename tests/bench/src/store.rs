@@ -16,6 +16,7 @@ use hub_core::store::{Durability, SledStore, Storage};
 use hub_plugin_sdk::{
     Content, EventBody, EventId, EventRecord, Origin, Seq, Target, UserId, UserRef,
 };
+use hub_tests::harness::metric_in;
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -206,17 +207,8 @@ pub fn open_loop(pairs: usize, rate: f64, seconds: f64, durability_name: &'stati
     waits.sort_by(f64::total_cmp);
     let mut text = String::new();
     metrics.render(&mut text);
-    let series = |name: &str| {
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(f64::NAN)
-    };
-    let flush = flush_figures(FLUSH_COUNTERS.map(series));
+    let flush =
+        flush_figures(FLUSH_COUNTERS.map(|name| metric_in(&text, name).unwrap_or(f64::NAN)));
     store.close();
     let mut figures = vec![
         ("rate_per_sec", rate),
