@@ -120,7 +120,7 @@ impl Piece {
 /// the raw JSON of its value, both as places in that text: parsing allocates nothing per
 /// member, and a value is decoded only when asked for (most requests read three or four
 /// strings, which need no decoding unless they contain escapes).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Fields {
     text: String,
     members: Vec<(Piece, Piece)>,

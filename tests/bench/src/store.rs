@@ -118,16 +118,21 @@ pub fn run(params: Params) -> Row {
     }
 }
 
+/// The sender and the recipient of stream `pair`.
+fn pair_users(pair: usize) -> (UserRef, UserRef) {
+    let user = |id: u64, handle: String| UserRef {
+        id: UserId(id),
+        handle,
+    };
+    (
+        user(1_000_000 + pair as u64, format!("s{pair}")),
+        user(pair as u64 + 1, format!("r{pair}")),
+    )
+}
+
 /// Appends `messages` records to stream `pair`, `window` waiting at most.
 async fn stream(store: &SledStore, pair: usize, messages: usize, window: usize, text: &str) {
-    let from = UserRef {
-        id: UserId(1_000_000 + pair as u64),
-        handle: format!("s{pair}"),
-    };
-    let to = UserRef {
-        id: UserId(pair as u64 + 1),
-        handle: format!("r{pair}"),
-    };
+    let (from, to) = pair_users(pair);
     let mut waiting = VecDeque::with_capacity(window);
     for n in 0..messages {
         if waiting.len() >= window {
@@ -162,18 +167,7 @@ pub fn open_loop(pairs: usize, rate: f64, seconds: f64, durability_name: &'stati
     let gap = 1.0 / rate;
     let due = move |i: usize| Duration::from_secs_f64(i as f64 * gap);
     let payload = "x".repeat(100);
-    let users: Vec<(UserRef, UserRef)> = (0..pairs)
-        .map(|pair| {
-            let user = |id: u64, handle: String| UserRef {
-                id: UserId(id),
-                handle,
-            };
-            (
-                user(1_000_000 + pair as u64, format!("s{pair}")),
-                user(pair as u64 + 1, format!("r{pair}")),
-            )
-        })
-        .collect();
+    let users: Vec<(UserRef, UserRef)> = (0..pairs).map(pair_users).collect();
     let (tx, rx) = mpsc::channel::<(Duration, hub_core::store::Durable)>();
     let base = Instant::now() + Duration::from_millis(100);
     let waiter = std::thread::spawn(move || {
