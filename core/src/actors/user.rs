@@ -204,6 +204,10 @@ impl UserActor {
                 self.drop_slow(conn);
             }
         }
+        if self.pending.is_empty() {
+            // A burst of appends is delivered: an idle user keeps no room for the next.
+            self.pending.shrink_to_fit();
+        }
     }
 
     /// Sends the next backlog page to a catching-up session, or makes it live.
@@ -418,6 +422,9 @@ impl Handler<ToUserActor> for UserActor {
                 }
                 let first = !puppet && self.online_sessions() == 0;
                 self.sessions.retain(|s| s.conn != conn);
+                // Most users have one or two sessions: room for exactly those, not the
+                // four a first push would make.
+                self.sessions.reserve_exact(1);
                 self.sessions.push(SessionSlot {
                     conn,
                     addr: addr.clone(),

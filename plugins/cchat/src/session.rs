@@ -16,6 +16,7 @@
 use crate::group::{Group, GENERATOR};
 use crate::wire::{self, ErrCode, Refusal, Request};
 use crate::{Config, SCHEME_MESSAGE};
+use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Address, Answer, Awaiting, CloseReason, Content, CoreError, CorrelationId,
     Delivery, HubEvent, Input, KeyAgreement, KeyStep, LogLevel, Now, Op, Output, Session, Transmit,
@@ -57,7 +58,7 @@ const EARLY_LIMIT: usize = 4096;
 pub struct CchatSession {
     config: Arc<Config>,
     group: Arc<Group>,
-    out: VecDeque<Output>,
+    out: OutputQueue,
     state: State,
     inflight: Awaiting<Purpose>,
     /// `message_0`s sent to the core and not yet answered.
@@ -80,7 +81,7 @@ impl CchatSession {
         CchatSession {
             config,
             group,
-            out: VecDeque::new(),
+            out: OutputQueue::new(),
             state: State::ExpectJoin,
             inflight: Awaiting::new(),
             sends: 0,

@@ -18,6 +18,7 @@ use crate::render::{event_text, presence_object, SCHEME_KEY_EXCHANGE, SCHEME_MES
 use crate::wire::{refusal_object, success, Refusal, Request, RespCode};
 use crate::Config;
 use hub_plugin_sdk::receipt::Receipts;
+use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Address, Answer, Awaiting, CallId, CloseReason, Content, CoreError,
     CorrelationId, HubEvent, Input, LogLevel, Now, Op, Output, PasswordScheme, Session, Transmit,
@@ -61,7 +62,7 @@ const TOKEN_CACHE: usize = 16;
 /// One JSON-protocol session.
 pub struct JsonSession {
     config: Arc<Config>,
-    out: VecDeque<Output>,
+    out: OutputQueue,
     inflight: Awaiting<Purpose>,
     /// Checked tokens: the user, or `None` for a refused token.
     tokens: HashMap<String, Option<UserRef>>,
@@ -89,7 +90,7 @@ impl JsonSession {
         let receipts = Receipts::with_gap(config.receipt_gap_ms);
         JsonSession {
             config,
-            out: VecDeque::new(),
+            out: OutputQueue::new(),
             inflight: Awaiting::new(),
             tokens: HashMap::new(),
             identity: None,
@@ -397,6 +398,10 @@ impl JsonSession {
             if let Err(refusal) = self.authorized(request) {
                 self.refuse(refusal);
             }
+        }
+        if self.blocked.is_empty() {
+            // Nothing waits any more: an idle session keeps no room for requests.
+            self.blocked.shrink_to_fit();
         }
     }
 

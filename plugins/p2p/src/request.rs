@@ -9,6 +9,7 @@ use crate::address::{Node, Target};
 use crate::contact::{self, Contact, State};
 use crate::wire::{self, Gui, NetMessage, Refusal, Request};
 use crate::{Config, SCHEME_MESSAGE};
+use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Address, Answer, Awaiting, Content, CoreError, Delivery, EventBody,
     HttpResponse, Input, LogLevel, Now, Op, Output, Seq, Session, Transmit, UserRef,
@@ -50,7 +51,7 @@ pub struct RequestSession {
     our: Option<Node>,
     /// The requesting peer's IP.
     peer_ip: String,
-    out: VecDeque<Output>,
+    out: OutputQueue,
     waiting: Awaiting<Then>,
     answered: bool,
     /// A sample-dialect request: refusals say `received: 0`.
@@ -66,7 +67,7 @@ impl RequestSession {
             config,
             our,
             peer_ip,
-            out: VecDeque::new(),
+            out: OutputQueue::new(),
             waiting: Awaiting::new(),
             answered: false,
             sample: false,

@@ -22,6 +22,7 @@ use crate::address::{Node, Target};
 use crate::contact::{self, Contact, State};
 use crate::wire::NetMessage;
 use crate::{Config, SCHEME_MESSAGE};
+use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Answer, Awaiting, Content, CoreError, CorrelationId, Delivery, EventBody,
     FetchError, FetchRequest, HttpResponse, HubEvent, Input, LogLevel, Now, Op, Output, Seq,
@@ -86,7 +87,7 @@ struct Peer {
 pub struct ServiceSession {
     config: Arc<Config>,
     our: Option<Node>,
-    out: VecDeque<Output>,
+    out: OutputQueue,
     jobs: Awaiting<Job>,
     /// The id of the next fetch (fetches have ids of their own, apart from commands').
     next_fetch: u64,
@@ -118,7 +119,7 @@ impl ServiceSession {
         ServiceSession {
             config,
             our,
-            out: VecDeque::new(),
+            out: OutputQueue::new(),
             jobs: Awaiting::new(),
             next_fetch: 1,
             fetches: HashMap::new(),

@@ -2,12 +2,12 @@
 //! queued in order for `poll_output`. Shared by the chat and file sessions.
 
 use crate::frame::{encode, FrameError, Kind};
+use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{CloseReason, Command, CorrelationId, LogLevel, Op, Output, Transmit};
-use std::collections::VecDeque;
 
 /// The output queue of one session.
 pub struct Outbox {
-    out: VecDeque<Output>,
+    out: OutputQueue,
     next_id: u64,
     /// A close was requested (or the transport is gone): nothing more is processed.
     pub closed: bool,
@@ -17,7 +17,7 @@ impl Outbox {
     /// An empty queue.
     pub fn new() -> Self {
         Outbox {
-            out: VecDeque::new(),
+            out: OutputQueue::new(),
             next_id: 1,
             closed: false,
         }

@@ -39,13 +39,19 @@ impl<P> Awaiting<P> {
     }
 
     /// What was waiting on `id` (`None`: not a command of ours, or answered already).
+    /// The last answer releases the table: a session with nothing in flight holds no
+    /// memory here, however many commands it once had in flight at the same time.
     pub fn answered(&mut self, id: CorrelationId) -> Option<P> {
-        self.waiting.remove(&id.0)
+        let then = self.waiting.remove(&id.0);
+        if self.waiting.is_empty() {
+            self.waiting.shrink_to_fit();
+        }
+        then
     }
 
     /// Forgets every command in flight: their answers, when they come, are not ours.
     pub fn clear(&mut self) {
-        self.waiting.clear();
+        self.waiting = HashMap::new();
     }
 
     /// Commands still waiting for their answer.
@@ -98,6 +104,11 @@ mod tests {
         assert_eq!(awaiting.answered(CorrelationId::NONE), None);
         assert_eq!(awaiting.answered(CorrelationId(1)), Some("first"));
         assert!(awaiting.is_empty());
+        assert_eq!(
+            awaiting.waiting.capacity(),
+            0,
+            "nothing in flight, nothing held"
+        );
         assert_eq!(
             id(&fire_and_forget(Op::Ack {
                 through: crate::Seq(3)

@@ -21,16 +21,15 @@
 //!
 //! ```
 //! use hub_plugin_sdk::{
-//!     export_plugin, Input, Manifest, Now, Output, Protocol, Role, Session, SessionInfo,
-//!     Transmit, Transport,
+//!     export_plugin, Input, Manifest, Now, Output, OutputQueue, Protocol, Role, Session,
+//!     SessionInfo, Transmit, Transport,
 //! };
-//! use std::collections::VecDeque;
 //!
 //! /// Echoes every byte back.
 //! pub struct Echo;
 //!
 //! pub struct EchoSession {
-//!     out: VecDeque<Output>,
+//!     out: OutputQueue,
 //! }
 //!
 //! impl Protocol for Echo {
@@ -54,7 +53,7 @@
 //!         Ok(Echo)
 //!     }
 //!     fn open(&self, _info: SessionInfo) -> EchoSession {
-//!         EchoSession { out: VecDeque::new() }
+//!         EchoSession { out: OutputQueue::new() }
 //!     }
 //! }
 //!
@@ -91,6 +90,7 @@ pub mod export;
 mod ids;
 mod io;
 mod manifest;
+mod outputs;
 mod plugin;
 pub mod receipt;
 pub mod testing;
@@ -110,5 +110,6 @@ pub use io::{
     SessionInfo, Transmit, WsMessage,
 };
 pub use manifest::{KeyKind, KeySpec, Manifest, Role, Transport};
+pub use outputs::OutputQueue;
 pub use plugin::{drive, Protocol, Session};
 pub use serde_json;

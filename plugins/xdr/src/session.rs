@@ -22,13 +22,14 @@ use crate::frame::{self, ClientKind, Hello, ServerFrame};
 use crate::payload::{self, Inbox, Rpc};
 use crate::Config;
 use hub_plugin_sdk::receipt::Receipts;
+use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Address, Answer, Awaiting, CloseReason, Content, CoreError, Delivery,
     HubEvent, Input, LogLevel, Now, Op, Output, Seq, Session, Transmit, UserId, UserRef,
     UserStatus, WsMessage,
 };
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Frames kept while the bind is answered, at most.
@@ -135,7 +136,7 @@ struct Link {
 pub struct XdrSession {
     config: Arc<Config>,
     server_key: Arc<ServerKey>,
-    out: VecDeque<Output>,
+    out: OutputQueue,
     state: State,
     link: Option<Link>,
     inflight: Awaiting<Purpose>,
@@ -158,7 +159,7 @@ impl XdrSession {
         XdrSession {
             config,
             server_key,
-            out: VecDeque::new(),
+            out: OutputQueue::new(),
             state: State::ExpectHello,
             link: None,
             inflight: Awaiting::new(),
