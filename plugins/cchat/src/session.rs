@@ -16,11 +16,10 @@
 use crate::group::{Group, GENERATOR};
 use crate::wire::{self, ErrCode, Refusal, Request};
 use crate::{Config, SCHEME_MESSAGE};
-use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Address, Answer, Awaiting, CloseReason, Content, CoreError, CorrelationId,
-    Delivery, HubEvent, Input, KeyAgreement, KeyStep, LogLevel, Now, Op, Output, Session, Transmit,
-    UserRef, WsMessage,
+    Delivery, HubEvent, Input, KeyAgreement, KeyStep, LogLevel, Now, Op, Output, OutputQueue,
+    Session, Transmit, UserRef, WsMessage,
 };
 use serde_json::Value;
 use std::collections::VecDeque;

@@ -18,11 +18,10 @@ use crate::render::{event_text, presence_object, SCHEME_KEY_EXCHANGE, SCHEME_MES
 use crate::wire::{refusal_object, success, Refusal, Request, RespCode};
 use crate::Config;
 use hub_plugin_sdk::receipt::Receipts;
-use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Address, Answer, Awaiting, CallId, CloseReason, Content, CoreError,
-    CorrelationId, HubEvent, Input, LogLevel, Now, Op, Output, PasswordScheme, Session, Transmit,
-    UserRef, WsMessage,
+    CorrelationId, HubEvent, Input, LogLevel, Now, Op, Output, OutputQueue, PasswordScheme,
+    Session, Transmit, UserRef, WsMessage,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};

@@ -9,10 +9,9 @@ use crate::address::{Node, Target};
 use crate::contact::{self, Contact, State};
 use crate::wire::{self, Gui, NetMessage, Refusal, Request};
 use crate::{Config, SCHEME_MESSAGE};
-use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Address, Answer, Awaiting, Content, CoreError, Delivery, EventBody,
-    HttpResponse, Input, LogLevel, Now, Op, Output, Seq, Session, Transmit, UserRef,
+    HttpResponse, Input, LogLevel, Now, Op, Output, OutputQueue, Seq, Session, Transmit, UserRef,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};

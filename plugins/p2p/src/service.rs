@@ -22,11 +22,10 @@ use crate::address::{Node, Target};
 use crate::contact::{self, Contact, State};
 use crate::wire::NetMessage;
 use crate::{Config, SCHEME_MESSAGE};
-use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Answer, Awaiting, Content, CoreError, CorrelationId, Delivery, EventBody,
-    FetchError, FetchRequest, HttpResponse, HubEvent, Input, LogLevel, Now, Op, Output, Seq,
-    Session, Target as HubTarget, UserId,
+    FetchError, FetchRequest, HttpResponse, HubEvent, Input, LogLevel, Now, Op, Output,
+    OutputQueue, Seq, Session, Target as HubTarget, UserId,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};

@@ -2,8 +2,9 @@
 //! queued in order for `poll_output`. Shared by the chat and file sessions.
 
 use crate::frame::{encode, FrameError, Kind};
-use hub_plugin_sdk::OutputQueue;
-use hub_plugin_sdk::{CloseReason, Command, CorrelationId, LogLevel, Op, Output, Transmit};
+use hub_plugin_sdk::{
+    CloseReason, Command, CorrelationId, LogLevel, Op, Output, OutputQueue, Transmit,
+};
 
 /// The output queue of one session.
 pub struct Outbox {

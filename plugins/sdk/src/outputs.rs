@@ -30,8 +30,8 @@ impl OutputQueue {
     /// The oldest output, if any; the queue's memory is released once it is empty.
     pub fn pop_front(&mut self) -> Option<Output> {
         let next = self.queue.pop_front();
-        if self.queue.is_empty() && self.queue.capacity() > 0 {
-            self.queue = VecDeque::new();
+        if self.queue.is_empty() {
+            self.queue.shrink_to_fit();
         }
         next
     }

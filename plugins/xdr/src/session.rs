@@ -22,11 +22,10 @@ use crate::frame::{self, ClientKind, Hello, ServerFrame};
 use crate::payload::{self, Inbox, Rpc};
 use crate::Config;
 use hub_plugin_sdk::receipt::Receipts;
-use hub_plugin_sdk::OutputQueue;
 use hub_plugin_sdk::{
     fire_and_forget, Address, Answer, Awaiting, CloseReason, Content, CoreError, Delivery,
-    HubEvent, Input, LogLevel, Now, Op, Output, Seq, Session, Transmit, UserId, UserRef,
-    UserStatus, WsMessage,
+    HubEvent, Input, LogLevel, Now, Op, Output, OutputQueue, Seq, Session, Transmit, UserId,
+    UserRef, UserStatus, WsMessage,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
