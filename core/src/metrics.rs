@@ -13,6 +13,8 @@ pub struct Metrics {
     pub routed: AtomicU64,
     /// Event copies stored (one per recipient).
     pub stored: AtomicU64,
+    /// Records those copies were written in (a user actor stores a burst as one).
+    pub stored_records: AtomicU64,
     /// Events pushed to sessions.
     pub delivered: AtomicU64,
     /// Sessions dropped as slow readers.
@@ -72,6 +74,11 @@ impl Metrics {
                 "hub_events_stored_total",
                 "Event copies stored, one per recipient",
                 self.stored.load(Relaxed),
+            ),
+            (
+                "hub_event_records_total",
+                "Store records event copies were written in (a burst to one user is one)",
+                self.stored_records.load(Relaxed),
             ),
             (
                 "hub_events_delivered_total",

@@ -203,8 +203,14 @@ pub(crate) fn user_ref(id: UserId, handle: &str) -> UserRef {
 /// What a delivery weighs for the per-session byte bound: its content plus a fixed
 /// allowance for the envelope. The core and the connection actors count the same way.
 pub fn delivery_size(delivery: &hub_plugin_sdk::Delivery) -> usize {
+    event_size(&delivery.event)
+}
+
+/// What an event weighs: its content plus a fixed allowance for the envelope (the
+/// per-session byte bound, and how much of a burst a user actor stores as one record).
+pub fn event_size(event: &hub_plugin_sdk::EventRecord) -> usize {
     use hub_plugin_sdk::{CallNotice, Content, EventBody};
-    let content = match &delivery.event.body {
+    let content = match &event.body {
         EventBody::Message(Content::Text(text)) => text.len(),
         EventBody::Message(Content::Sealed { bytes, .. }) => bytes.len(),
         EventBody::Message(Content::File(offer)) => {

@@ -13,6 +13,11 @@
 //!
 //! Nothing is pushed before it is durable, and events reach each session in sequence
 //! order. The delivery cursor moves only on [`UserMsg::Ack`] (proof of receipt).
+//!
+//! Appends are written to the store as a burst: the events appended while the mailbox
+//! is drained are stored as one record just before the one durability request that
+//! covers them (or sooner, once [`BURST_EVENTS`] or [`BURST_WEIGHT`] are reached, or
+//! before an append with an idempotency key, which is stored alone).
 
 use super::router::{Router, RouterMsg};
 use super::{SessionAddr, SessionMsg, Shared, ToUserActor, UserMsg};
@@ -25,6 +30,13 @@ use std::sync::Arc;
 
 /// Wait before retrying a failed group commit.
 const FLUSH_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Most events stored as one record: a burst beyond it is written in several.
+pub const BURST_EVENTS: usize = 64;
+/// Most weight ([`super::event_size`]) stored as one record: 256 KiB keeps a record far
+/// below a quarter of sled's segment size, past which sled would put it in a blob file
+/// that the group commit does not fsync (`store/sled_store.rs`).
+pub const BURST_WEIGHT: usize = 256 * 1024;
 
 struct Pending {
     seq: Seq,
@@ -57,6 +69,11 @@ pub struct UserActor {
     last_seq: Seq,
     durable_through: Seq,
     pending: VecDeque<Pending>,
+    /// The last `unwritten` entries of `pending` are not in the store yet: they are
+    /// written as one record before the durability request that covers them.
+    unwritten: usize,
+    /// Their weight ([`super::event_size`]), bounded by [`BURST_WEIGHT`].
+    unwritten_weight: usize,
     /// A durability request is scheduled and not yet made: appends until it is made are
     /// covered by it (one group-commit wait per batch of mailbox messages, not per event).
     durable_scheduled: bool,
@@ -81,6 +98,8 @@ impl UserActor {
             last_seq,
             durable_through: last_seq,
             pending: VecDeque::new(),
+            unwritten: 0,
+            unwritten_weight: 0,
             durable_scheduled: false,
             sessions: Vec::new(),
             handled: 0,
@@ -96,15 +115,29 @@ impl UserActor {
         reply: Option<super::AppendReply>,
         dedup: Option<Vec<u8>>,
     ) {
+        let Some(key) = dedup else {
+            // Written with the rest of the burst (`write_burst`), before it is made durable.
+            self.last_seq = Seq(self.last_seq.0 + 1);
+            self.unwritten += 1;
+            self.unwritten_weight += super::event_size(&event);
+            self.pending.push_back(Pending {
+                seq: self.last_seq,
+                event,
+                skip_conn,
+                reply,
+            });
+            if self.unwritten >= BURST_EVENTS || self.unwritten_weight >= BURST_WEIGHT {
+                self.write_burst();
+            }
+            self.await_durable(ctx);
+            return;
+        };
+        // Stored alone, in a transaction with its key: the burst before it goes first, so
+        // the stream's records stay in sequence order.
+        self.write_burst();
         let seq = Seq(self.last_seq.0 + 1);
         let store = &self.shared.store;
-        let stored = match &dedup {
-            Some(key) => store.append_once(self.user.id, seq, &event, key),
-            None => store
-                .append(self.user.id, seq, &event)
-                .map(|()| Once::Stored),
-        };
-        match stored {
+        match store.append_once(self.user.id, seq, &event, &key) {
             Err(e) => {
                 tracing::error!(user = %self.user.id, error = %e, "storing an event failed");
                 if let Some(reply) = reply {
@@ -128,6 +161,7 @@ impl UserActor {
         }
         self.last_seq = seq;
         self.shared.metrics.stored.fetch_add(1, Relaxed);
+        self.shared.metrics.stored_records.fetch_add(1, Relaxed);
         self.shared.metrics.pending_durable.fetch_add(1, Relaxed);
         self.pending.push_back(Pending {
             seq,
@@ -136,6 +170,39 @@ impl UserActor {
             reply,
         });
         self.await_durable(ctx);
+    }
+
+    /// Stores the appends not yet written as one record. If that fails they are
+    /// answered with the error and forgotten, and their sequence numbers are used again
+    /// (nothing after them was written).
+    fn write_burst(&mut self) {
+        let count = std::mem::take(&mut self.unwritten);
+        self.unwritten_weight = 0;
+        if count == 0 {
+            return;
+        }
+        let start = self.pending.len() - count;
+        let first = self.pending[start].seq;
+        let events: Vec<&EventRecord> = self.pending.range(start..).map(|p| &p.event).collect();
+        match self.shared.store.append(self.user.id, first, &events) {
+            Ok(()) => {
+                self.shared.metrics.stored.fetch_add(count as u64, Relaxed);
+                self.shared.metrics.stored_records.fetch_add(1, Relaxed);
+                self.shared
+                    .metrics
+                    .pending_durable
+                    .fetch_add(count as i64, Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(user = %self.user.id, events = count, error = %e, "storing events failed");
+                for failed in self.pending.drain(start..) {
+                    if let Some(reply) = failed.reply {
+                        let _ = reply.send(Err(CoreError::Internal(e.to_string())));
+                    }
+                }
+                self.last_seq = Seq(first.0 - 1);
+            }
+        }
     }
 
     /// Schedules one durability request for everything appended so far and until the
@@ -150,6 +217,7 @@ impl UserActor {
         self.durable_scheduled = true;
         ctx.spawn(fut::ready(()).into_actor(self).then(|(), act, _ctx| {
             act.durable_scheduled = false;
+            act.write_burst();
             let through = act.last_seq;
             act.shared
                 .store

@@ -186,9 +186,10 @@ pub trait Storage: Send + Sync + 'static {
     fn next_event_id(&self) -> StoreResult<EventId>;
     /// The last sequence number used in `user`'s stream (0 if empty).
     fn last_seq(&self, user: UserId) -> StoreResult<Seq>;
-    /// Stores `event` at `seq` in `user`'s stream.
-    fn append(&self, user: UserId, seq: Seq, event: &EventRecord) -> StoreResult<()>;
-    /// Like [`Storage::append`], at most once per `key` in `user`'s stream (atomically
+    /// Stores `events` at `first`, `first + 1`, … in `user`'s stream, all or none (one
+    /// record: a burst of appends costs one write). Nothing for an empty slice.
+    fn append(&self, user: UserId, first: Seq, events: &[&EventRecord]) -> StoreResult<()>;
+    /// Stores one event at `seq` in `user`'s stream, at most once per `key` (atomically
     /// with the event).
     fn append_once(
         &self,

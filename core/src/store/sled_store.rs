@@ -1,6 +1,6 @@
 //! The sled backend of [`Storage`].
 
-use super::codec::{be_u64, decode, encode, pair_key};
+use super::codec::{be_u64, decode, decode_many, encode, encode_many, pair_key};
 use super::commit::{CommitHandle, Durability, Durable, GroupCommit};
 use super::{Account, ContactPair, FileMeta, Once, Storage, StoreError, StoreResult, TokenRecord};
 use crate::metrics::Metrics;
@@ -12,7 +12,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Schema version of the trees below. Bump on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: a record of `events` may hold several events (a burst appended at once), keyed by
+/// the last one's sequence number. Every record of version 1 (one event under its own
+/// sequence number) is such a record of one, so a version-1 store is upgraded by
+/// recording the new version; a hub that knows only version 1 then refuses the store
+/// instead of misreading it.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The sled store: one tree per kind of record.
 pub struct SledStore {
@@ -73,7 +79,14 @@ impl SledStore {
         match meta.get("schema")? {
             Some(bytes) => {
                 let found = be_u64("meta", &bytes, 0)? as u32;
-                if found != SCHEMA_VERSION {
+                if found == 1 {
+                    meta.insert("schema", &(SCHEMA_VERSION as u64).to_be_bytes())?;
+                    tracing::info!(
+                        from = found,
+                        to = SCHEMA_VERSION,
+                        "store schema upgraded (no record rewritten)"
+                    );
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::Schema {
                         found,
                         expected: SCHEMA_VERSION,
@@ -199,6 +212,22 @@ fn once(
         Ok(Once::Stored)
     });
     unwrap_tx(result)
+}
+
+/// A record of a user's stream: the sequence number of its first event, and its events
+/// in order (the key holds the last one's).
+fn stream_record((key, value): (sled::IVec, sled::IVec)) -> StoreResult<(u64, Vec<EventRecord>)> {
+    let last = be_u64("events", &key, 8)?;
+    let events: Vec<EventRecord> = decode_many("events", &value)?;
+    // decode_many never yields an empty record; a record cannot begin before seq 1.
+    let first = (last + 1)
+        .checked_sub(events.len() as u64)
+        .filter(|first| *first >= 1)
+        .ok_or_else(|| StoreError::Corrupt {
+            tree: "events",
+            detail: format!("{} events ending at seq {last}", events.len()),
+        })?;
+    Ok((first, events))
 }
 
 fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> StoreResult<T> {
@@ -469,8 +498,12 @@ impl Storage for SledStore {
         }
     }
 
-    fn append(&self, user: UserId, seq: Seq, event: &EventRecord) -> StoreResult<()> {
-        self.events.insert(pair_key(user.0, seq.0), encode(event))?;
+    fn append(&self, user: UserId, first: Seq, events: &[&EventRecord]) -> StoreResult<()> {
+        let Some(count) = (events.len() as u64).checked_sub(1) else {
+            return Ok(());
+        };
+        self.events
+            .insert(pair_key(user.0, first.0 + count), encode_many(events))?;
         Ok(())
     }
 
@@ -481,35 +514,71 @@ impl Storage for SledStore {
         through: Seq,
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
-        if through <= after {
-            return Ok(Vec::new());
+        let mut out = Vec::new();
+        if through <= after || limit == 0 {
+            return Ok(out);
         }
-        self.events
-            .range(pair_key(user.0, after.0 + 1)..=pair_key(user.0, through.0))
-            .take(limit)
-            .map(|entry| {
-                let (key, value) = entry?;
-                Ok(Delivery {
-                    seq: Seq(be_u64("events", &key, 8)?),
-                    event: decode("events", &value)?,
-                })
-            })
-            .collect()
+        // Records are keyed by their last event: the first one at or after `after + 1`
+        // holds it, wherever in the record it is.
+        for record in self
+            .events
+            .range(pair_key(user.0, after.0 + 1)..=pair_key(user.0, u64::MAX))
+        {
+            let (first, events) = stream_record(record?)?;
+            if first > through.0 {
+                break;
+            }
+            for (seq, event) in (first..).zip(events) {
+                if seq <= after.0 {
+                    continue;
+                }
+                if seq > through.0 || out.len() == limit {
+                    return Ok(out);
+                }
+                out.push(Delivery {
+                    seq: Seq(seq),
+                    event,
+                });
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn events_before(&self, user: UserId, before: Seq, limit: usize) -> StoreResult<Vec<Delivery>> {
-        self.events
+        let mut out = Vec::new();
+        if before.0 == 0 || limit == 0 {
+            return Ok(out);
+        }
+        // Records keyed below `before` lie wholly before it; the first record keyed at or
+        // after it may begin before it.
+        let straddling = self
+            .events
+            .range(pair_key(user.0, before.0)..=pair_key(user.0, u64::MAX))
+            .next();
+        let below = self
+            .events
             .range(pair_key(user.0, 0)..pair_key(user.0, before.0))
-            .rev()
-            .take(limit)
-            .map(|entry| {
-                let (key, value) = entry?;
-                Ok(Delivery {
-                    seq: Seq(be_u64("events", &key, 8)?),
-                    event: decode("events", &value)?,
-                })
-            })
-            .collect()
+            .rev();
+        for record in straddling.into_iter().chain(below) {
+            let (first, events) = stream_record(record?)?;
+            for (offset, event) in events.into_iter().enumerate().rev() {
+                let seq = first + offset as u64;
+                if seq >= before.0 {
+                    continue;
+                }
+                out.push(Delivery {
+                    seq: Seq(seq),
+                    event,
+                });
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn cursor(&self, user: UserId) -> StoreResult<Seq> {

@@ -60,12 +60,33 @@ fn streams_and_cursors_match_a_model_across_restarts() {
     for step in 0..3000 {
         let user = 1 + rng.below(4);
         match rng.below(100) {
-            0..=59 => {
+            0..=54 => {
+                // A burst of one to five events, stored as one record.
+                let first = store.last_seq(UserId(user)).unwrap().0 + 1;
+                let mut records = Vec::new();
+                for n in 0..1 + rng.below(5) {
+                    let id = store.next_event_id().unwrap();
+                    assert!(ids.insert(id), "event id {id:?} repeated");
+                    records.push(event(id.0, format!("step {step}.{n}")));
+                }
+                let refs: Vec<&EventRecord> = records.iter().collect();
+                store.append(UserId(user), Seq(first), &refs).unwrap();
+                block_on(store.durable()).unwrap();
+                for (seq, record) in (first..).zip(records) {
+                    model.insert((user, seq), record);
+                }
+            }
+            55..=59 => {
+                // An event with an idempotency key: a record of its own between bursts.
                 let seq = store.last_seq(UserId(user)).unwrap().0 + 1;
                 let id = store.next_event_id().unwrap();
                 assert!(ids.insert(id), "event id {id:?} repeated");
-                let record = event(id.0, format!("step {step}"));
-                store.append(UserId(user), Seq(seq), &record).unwrap();
+                let record = event(id.0, format!("step {step} once"));
+                let key = format!("k{step}");
+                let stored = store
+                    .append_once(UserId(user), Seq(seq), &record, key.as_bytes())
+                    .unwrap();
+                assert_eq!(stored, Once::Stored);
                 block_on(store.durable()).unwrap();
                 model.insert((user, seq), record);
             }
@@ -80,7 +101,12 @@ fn streams_and_cursors_match_a_model_across_restarts() {
                 *c = (*c).max(through);
             }
             75..=94 => {
-                let after = rng.below(40);
+                // Anywhere in the stream, so that pages begin and end inside records.
+                let last = model
+                    .range((user, 0)..(user + 1, 0))
+                    .next_back()
+                    .map_or(0, |(k, _)| k.1);
+                let after = rng.below(last + 3);
                 let through = after + rng.below(40);
                 let limit = 1 + rng.below(10) as usize;
                 let got = store
@@ -98,7 +124,7 @@ fn streams_and_cursors_match_a_model_across_restarts() {
                     got, want,
                     "events_after({user}, {after}, {through}, {limit}) at step {step}"
                 );
-                let before = rng.below(40);
+                let before = rng.below(last + 3);
                 let got = store
                     .events_before(UserId(user), Seq(before), limit)
                     .unwrap();
@@ -356,4 +382,66 @@ fn appends_with_a_key_happen_once_per_stream_and_aliases_know_their_namespace() 
         Some("p2p")
     );
     assert_eq!(store.alias_namespace(UserId(4)).unwrap(), None);
+}
+
+#[test]
+fn a_version_1_store_is_upgraded_in_place_and_its_events_read_as_records_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = event(3, "written by schema 1".into());
+    {
+        // What a hub of schema version 1 left: one event per record, keyed by its seq.
+        let db = raw_sled(dir.path());
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("schema", &1u64.to_be_bytes()).unwrap();
+        let events = db.open_tree("events").unwrap();
+        for seq in 1..=2u64 {
+            events
+                .insert(super::codec::pair_key(7, seq), super::codec::encode(&old))
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let mut store = open(dir.path());
+    let user = UserId(7);
+    assert_eq!(store.last_seq(user).unwrap(), Seq(2));
+    let more = [event(4, "four".into()), event(5, "five".into())];
+    store.append(user, Seq(3), &[&more[0], &more[1]]).unwrap();
+    block_on(store.durable()).unwrap();
+    drop(store);
+    store = open(dir.path());
+    let seqs = |list: Vec<Delivery>| list.iter().map(|d| d.seq.0).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.events_after(user, Seq(0), Seq(9), 10).unwrap()),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(
+        seqs(store.events_before(user, Seq(4), 10).unwrap()),
+        vec![3, 2, 1]
+    );
+    assert_eq!(
+        store.events_after(user, Seq(1), Seq(3), 10).unwrap()[0].event,
+        old
+    );
+    drop(store);
+    let db = raw_sled(dir.path());
+    let schema = db
+        .open_tree("meta")
+        .unwrap()
+        .get("schema")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        schema.as_ref(),
+        &2u64.to_be_bytes(),
+        "the new version is recorded"
+    );
+}
+
+/// The store's sled database opened directly, with the configuration `SledStore` uses.
+fn raw_sled(dir: &std::path::Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir)
+        .segment_size(8 * 1024 * 1024)
+        .open()
+        .unwrap()
 }

@@ -55,6 +55,8 @@ pub fn run_on(target: Target, params: Params) -> Row {
         Target::Hub => {
             let hub = json_hub(&[("HUB__STORE__DURABILITY", params.durability)]);
             let run = drive(hub.addr("json", "main"), &params, Some(&hub));
+            let total = (params.pairs * params.messages) as f64;
+            let generator = run.generator_us_per_msg(total);
             let label = format!("{} pairs, {}", params.pairs, params.durability);
             let mut row = row(
                 label,
@@ -64,26 +66,32 @@ pub fn run_on(target: Target, params: Params) -> Row {
                 hub.start_time,
                 run.cpu,
             );
-            let total = (params.pairs * params.messages) as f64;
-            let [acks, flushes, waiters] = run.counters;
+            row.figures.push(("bench_cpu_us_per_msg", generator));
+            let [acks, flushes, waiters, records] = run.counters;
             // Proofs of receipt (each a cursor write) and group commits per message.
             row.figures.push(("acks_per_msg", acks / total));
             row.figures.push(("msgs_per_flush", total / flushes));
             row.figures.push(("waiters_per_flush", waiters / flushes));
+            // Messages per store record: how much a user actor's bursts batch.
+            row.figures.push(("msgs_per_record", total / records));
             row
         }
         Target::Relay => {
             let relay = Relay::start();
             let run = drive(relay.addr, &params, None);
             let label = format!("{} pairs, limit (relay)", params.pairs);
-            row(
+            let total = (params.pairs * params.messages) as f64;
+            let generator = run.generator_us_per_msg(total);
+            let mut row = row(
                 label,
                 &params,
                 run.elapsed,
                 run.latencies,
                 relay.start_time,
                 None,
-            )
+            );
+            row.figures.push(("bench_cpu_us_per_msg", generator));
+            row
         }
     }
 }
@@ -173,10 +181,11 @@ pub(crate) fn row(
 }
 
 /// The hub's counters [`Run::counters`] holds, as `/metrics` names them.
-const COUNTERS: [&str; 3] = [
+const COUNTERS: [&str; 4] = [
     "hub_acks_total",
     "hub_store_flush_seconds_count",
     "hub_store_flush_waiters_total",
+    "hub_event_records_total",
 ];
 
 /// What one drive measured.
@@ -187,13 +196,25 @@ struct Run {
     latencies: Vec<f64>,
     /// CPU time the hub used meanwhile (not for the relay).
     cpu: Option<Duration>,
+    /// CPU time the bench process used meanwhile: the clients, and for the relay the
+    /// relay too (it runs inside the bench).
+    generator: Option<Duration>,
     /// How much each of [`COUNTERS`] grew meanwhile (NaN for the relay).
-    counters: [f64; 3],
+    counters: [f64; 4],
+}
+
+impl Run {
+    /// The bench process's CPU per message, µs (NaN if it could not be read).
+    fn generator_us_per_msg(&self, messages: f64) -> f64 {
+        self.generator
+            .map_or(f64::NAN, |cpu| cpu.as_secs_f64() * 1e6 / messages)
+    }
 }
 
 /// The workload against the JSON server at `addr`, which is `hub` unless it is the relay.
 fn drive(addr: SocketAddr, params: &Params, hub: Option<&Hub>) -> Run {
     let cpu = || hub.and_then(Hub::pid).and_then(process_cpu);
+    let own_cpu = || process_cpu(std::process::id());
     let counters = || COUNTERS.map(|name| hub.and_then(|h| h.metric(name)).unwrap_or(f64::NAN));
     let payload = "x".repeat(100);
     let start = Arc::new(Barrier::new(params.pairs * 2 + 1));
@@ -240,6 +261,7 @@ fn drive(addr: SocketAddr, params: &Params, hub: Option<&Hub>) -> Run {
     start.wait();
     let began = Instant::now();
     let cpu_before = cpu();
+    let own_before = own_cpu();
     let counters_before = counters();
     let latencies: Vec<f64> = senders
         .into_iter()
@@ -252,11 +274,15 @@ fn drive(addr: SocketAddr, params: &Params, hub: Option<&Hub>) -> Run {
         .max()
         .unwrap_or(began);
     let used = cpu().zip(cpu_before).map(|(after, before)| after - before);
+    let generator = own_cpu()
+        .zip(own_before)
+        .map(|(after, before)| after - before);
     let counters_after = counters();
     Run {
         elapsed: done.duration_since(began).max(acked),
         latencies,
         cpu: used,
+        generator,
         counters: std::array::from_fn(|i| counters_after[i] - counters_before[i]),
     }
 }

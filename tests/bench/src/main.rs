@@ -10,6 +10,7 @@
 //! cargo run --release -p hub-bench -- xdr [--clients 50] [--messages 200]
 //! cargo run --release -p hub-bench -- p2p [--messages 2000] [--backlog 1000]
 //! cargo run --release -p hub-bench -- baselines [--pairs 100] [--messages 3000] [--window 32] [--rounds 3]
+//! cargo run --release -p hub-bench -- relay [--pairs 100] [--messages 3000] [--window 32] [--rounds 3]
 //! cargo run --release -p hub-bench -- store [--pairs 100] [--messages 200] [--window 32]
 //! cargo run --release -p hub-bench -- latency [--pairs 20] [--seconds 10] [--load 10,50,80] [--durability flush|interval]
 //! cargo run --release -p hub-bench -- room-fanout [--messages 500] [--window 32]
@@ -43,7 +44,7 @@ use std::collections::HashMap;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|baselines|store|latency|room-fanout|idle|storm|backlog|all|smoke> [--pairs N] [--members N] [--clients N[,max]] [--messages N] [--backlog N] [--window N] [--rounds N] [--seconds S] [--load PCT,..] [--durability flush|interval]"
+        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|baselines|relay|store|latency|room-fanout|idle|storm|backlog|all|smoke> [--pairs N] [--members N] [--clients N[,max]] [--messages N] [--backlog N] [--window N] [--rounds N] [--seconds S] [--load PCT,..] [--durability flush|interval]"
     );
     std::process::exit(2);
 }
@@ -108,6 +109,19 @@ fn main() {
             number("window", 32),
             number("rounds", 3),
         ),
+        "relay" => (0..number("rounds", 3))
+            .map(|_| {
+                json_pairs::run_on(
+                    json_pairs::Target::Relay,
+                    json_pairs::Params {
+                        pairs: number("pairs", 100),
+                        messages: number("messages", json_pairs::MESSAGES),
+                        window: number("window", 32),
+                        durability: "flush",
+                    },
+                )
+            })
+            .collect(),
         "store" => ["flush", "interval"]
             .into_iter()
             .map(|durability| {

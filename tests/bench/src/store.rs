@@ -1,7 +1,8 @@
 //! "The store alone": the hub's own store (`hub_core::store::SledStore`, the same sled
 //! configuration and group commit) driven without the hub. `pairs` streams append the
 //! same 100-byte message records the 1:1 workload stores, each keeping `window` appends
-//! waiting for durability, spread over as many threads as the hub has user threads
+//! waiting for durability and storing what it may append at once as one record (as a
+//! user actor stores a burst), spread over as many threads as the hub has user threads
 //! (2). What the hub adds beyond this is the cost of everything but storage.
 //!
 //! [`open_loop`] is the same store under the latency scenario's schedule: how long an
@@ -130,22 +131,35 @@ fn pair_users(pair: usize) -> (UserRef, UserRef) {
     )
 }
 
-/// Appends `messages` records to stream `pair`, `window` waiting at most.
+/// Appends `messages` records to stream `pair`, `window` waiting at most. As a user
+/// actor does, whatever may be appended at once (the room in the window, at most
+/// `BURST_EVENTS`) is stored as one record with one wait for durability.
 async fn stream(store: &SledStore, pair: usize, messages: usize, window: usize, text: &str) {
+    use hub_core::actors::user::BURST_EVENTS;
     let (from, to) = pair_users(pair);
-    let mut waiting = VecDeque::with_capacity(window);
-    for n in 0..messages {
-        if waiting.len() >= window {
-            let durable: hub_core::store::Durable = waiting.pop_front().expect("waiting");
+    // Bursts waiting for durability, with their sizes.
+    let mut waiting: VecDeque<(usize, hub_core::store::Durable)> = VecDeque::new();
+    let mut in_flight = 0;
+    let mut n = 0;
+    while n < messages {
+        if in_flight >= window {
+            let (count, durable) = waiting.pop_front().expect("waiting");
             durable.await.expect("durable");
+            in_flight -= count;
         }
-        let event = record(n as u64, &from, &to, text);
+        let count = (window - in_flight).min(messages - n).min(BURST_EVENTS);
+        let events: Vec<EventRecord> = (n..n + count)
+            .map(|i| record(i as u64, &from, &to, text))
+            .collect();
+        let refs: Vec<&EventRecord> = events.iter().collect();
         store
-            .append(to.id, Seq(n as u64 + 1), &event)
+            .append(to.id, Seq(n as u64 + 1), &refs)
             .expect("append");
-        waiting.push_back(store.durable());
+        waiting.push_back((count, store.durable()));
+        in_flight += count;
+        n += count;
     }
-    for durable in waiting {
+    for (_, durable) in waiting {
         durable.await.expect("durable");
     }
 }
@@ -192,7 +206,7 @@ pub fn open_loop(pairs: usize, rate: f64, seconds: f64, durability_name: &'stati
         let (from, to) = &users[i % pairs];
         let seq = (i / pairs) as u64 + 1;
         store
-            .append(to.id, Seq(seq), &record(i as u64, from, to, &payload))
+            .append(to.id, Seq(seq), &[&record(i as u64, from, to, &payload)])
             .expect("append");
         tx.send((at, store.durable())).expect("waiter thread");
     }

@@ -311,6 +311,7 @@ impl RoomActor {
         self.history_seq = seq;
         self.shared.metrics.routed.fetch_add(1, Relaxed);
         self.shared.metrics.stored.fetch_add(1, Relaxed);
+        self.shared.metrics.stored_records.fetch_add(1, Relaxed);
         let (logged_tx, logged_rx) = oneshot::channel();
         let replies = self.to_members(&event, except, origin.conn);
         let id = event.id;
