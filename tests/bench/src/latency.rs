@@ -307,14 +307,34 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
         .find(|(name, _)| *name == "msgs_per_sec")
         .map(|(_, v)| *v)
         .expect("throughput row");
+    let loads: Vec<(f64, String)> = fractions
+        .iter()
+        .map(|f| (max_rate * f, format!("{}% of its max", (f * 100.0).round())))
+        .collect();
+    run_at(pairs, seconds, &loads, durability)
+}
+
+/// The hub and the relay open loop at fixed `rates` (messages a second), for comparing
+/// two builds at the same load (`hub-bench latency --rate N`).
+pub fn run_rates(pairs: usize, seconds: f64, rates: &[f64], durability: &'static str) -> Vec<Row> {
+    let loads: Vec<(f64, String)> = rates.iter().map(|r| (*r, format!("{r} msgs/s"))).collect();
+    run_at(pairs, seconds, &loads, durability)
+}
+
+/// The hub, the relay and (in `flush` mode) the store alone at each `(rate, label)`.
+fn run_at(
+    pairs: usize,
+    seconds: f64,
+    loads: &[(f64, String)],
+    durability: &'static str,
+) -> Vec<Row> {
     let mut rows = Vec::new();
-    for &fraction in fractions {
+    for (rate, load) in loads {
         let params = Params {
             pairs,
-            rate: max_rate * fraction,
+            rate: *rate,
             seconds,
         };
-        let pct = (fraction * 100.0).round();
         // No keep-alive pings during the run: the senders write through a second handle
         // on their sockets, and a pong from the reading side could interleave.
         let hub = json_hub(&[
@@ -330,11 +350,7 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
         let measured = drive(hub.addr("json", "main"), params, "h");
         let flushes_after = flushes();
         let acks_after = acks();
-        let mut hub_row = row(
-            format!("hub ({durability}) at {pct}% of its max"),
-            params,
-            &measured,
-        );
+        let mut hub_row = row(format!("hub ({durability}) at {load}"), params, &measured);
         // The hub's CPU time per message over the whole run (setup included, which is
         // small next to the load).
         if let (Some(before), Some(after)) = (cpu_before, cpu()) {

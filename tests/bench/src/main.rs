@@ -12,7 +12,7 @@
 //! cargo run --release -p hub-bench -- baselines [--pairs 100] [--messages 3000] [--window 32] [--rounds 3]
 //! cargo run --release -p hub-bench -- relay [--pairs 100] [--messages 3000] [--window 32] [--rounds 3]
 //! cargo run --release -p hub-bench -- store [--pairs 100] [--messages 200] [--window 32]
-//! cargo run --release -p hub-bench -- latency [--pairs 20] [--seconds 10] [--load 10,50,80] [--durability flush|interval]
+//! cargo run --release -p hub-bench -- latency [--pairs 20] [--seconds 10] [--load 10,50,80 | --rate MSGS,..] [--durability flush|interval]
 //! cargo run --release -p hub-bench -- room-fanout [--messages 500] [--window 32]
 //! cargo run --release -p hub-bench -- idle [--clients 10000,max]
 //! cargo run --release -p hub-bench -- storm [--clients 10000] [--seconds 10] [--messages 20000]
@@ -44,7 +44,7 @@ use std::collections::HashMap;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|baselines|relay|store|latency|room-fanout|idle|storm|backlog|all|smoke> [--pairs N] [--members N] [--clients N[,max]] [--messages N] [--backlog N] [--window N] [--rounds N] [--seconds S] [--load PCT,..] [--durability flush|interval]"
+        "usage: hub-bench <json-pairs|retro-pairs|cchat-keys|cchat-fanout|xdr|p2p|baselines|relay|store|latency|room-fanout|idle|storm|backlog|all|smoke> [--pairs N] [--members N] [--clients N[,max]] [--messages N] [--backlog N] [--window N] [--rounds N] [--seconds S] [--load PCT,..] [--rate MSGS,..] [--durability flush|interval]"
     );
     std::process::exit(2);
 }
@@ -145,12 +145,23 @@ fn main() {
                 Some("interval") => "interval",
                 Some(_) => usage(),
             };
-            latency::run(
-                number("pairs", latency::PAIRS),
-                seconds(&flags, 10.0),
-                &fractions,
-                durability,
-            )
+            match flags.get("rate") {
+                Some(rates) => latency::run_rates(
+                    number("pairs", latency::PAIRS),
+                    seconds(&flags, 10.0),
+                    &rates
+                        .split(',')
+                        .map(|r| r.parse().unwrap_or_else(|_| usage()))
+                        .collect::<Vec<f64>>(),
+                    durability,
+                ),
+                None => latency::run(
+                    number("pairs", latency::PAIRS),
+                    seconds(&flags, 10.0),
+                    &fractions,
+                    durability,
+                ),
+            }
         }
         "room-fanout" => [50, 500]
             .into_iter()
