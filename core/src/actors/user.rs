@@ -16,7 +16,7 @@
 //!
 //! Appends are written to the store as a burst: the events appended while the mailbox
 //! is drained are stored as one record just before the one durability request that
-//! covers them (or sooner, once [`BURST_EVENTS`] or [`BURST_WEIGHT`] are reached, or
+//! covers them (or sooner, before [`BURST_EVENTS`] or [`BURST_WEIGHT`] would be passed, or
 //! before an append with an idempotency key, which is stored alone).
 
 use super::router::{Router, RouterMsg};
@@ -33,10 +33,13 @@ const FLUSH_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Most events stored as one record: a burst beyond it is written in several.
 pub const BURST_EVENTS: usize = 64;
-/// Most weight ([`super::event_size`]) stored as one record: 256 KiB keeps a record far
-/// below a quarter of sled's segment size, past which sled would put it in a blob file
-/// that the group commit does not fsync (`store/sled_store.rs`).
-pub const BURST_WEIGHT: usize = 256 * 1024;
+/// Most weight ([`super::event_size`]) stored as one record, unless one event alone
+/// weighs more (it is then a record of its own, as every event was before bursts). A
+/// sled leaf holds up to 17 records and is rewritten whole: 17 × 64 KiB stays below a
+/// quarter of sled's 8 MiB segments, past which sled writes a node to a blob file
+/// instead of its log (`store/sled_store.rs`), so bursts make no node bigger than the
+/// largest events (the plugins' 64 KiB frames) already could.
+pub const BURST_WEIGHT: usize = 64 * 1024;
 
 struct Pending {
     seq: Seq,
@@ -72,7 +75,8 @@ pub struct UserActor {
     /// The last `unwritten` entries of `pending` are not in the store yet: they are
     /// written as one record before the durability request that covers them.
     unwritten: usize,
-    /// Their weight ([`super::event_size`]), bounded by [`BURST_WEIGHT`].
+    /// Their weight ([`super::event_size`]), at most [`BURST_WEIGHT`] unless one event
+    /// alone weighs more.
     unwritten_weight: usize,
     /// A durability request is scheduled and not yet made: appends until it is made are
     /// covered by it (one group-commit wait per batch of mailbox messages, not per event).
@@ -116,19 +120,21 @@ impl UserActor {
         dedup: Option<Vec<u8>>,
     ) {
         let Some(key) = dedup else {
-            // Written with the rest of the burst (`write_burst`), before it is made durable.
+            // Written with the rest of the burst (`write_burst`), before it is made
+            // durable; the burst so far first if this event would take it over a bound.
+            let weight = super::event_size(&event);
+            if self.unwritten == BURST_EVENTS || self.unwritten_weight + weight > BURST_WEIGHT {
+                self.write_burst();
+            }
             self.last_seq = Seq(self.last_seq.0 + 1);
             self.unwritten += 1;
-            self.unwritten_weight += super::event_size(&event);
+            self.unwritten_weight += weight;
             self.pending.push_back(Pending {
                 seq: self.last_seq,
                 event,
                 skip_conn,
                 reply,
             });
-            if self.unwritten >= BURST_EVENTS || self.unwritten_weight >= BURST_WEIGHT {
-                self.write_burst();
-            }
             self.await_durable(ctx);
             return;
         };

@@ -69,9 +69,9 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             // Flushing is ours (group commit), not sled's timer.
             .flush_every_ms(None)
-            // Items over segment_size/4 go to separate blob files, which sled's flush
-            // writes without fsync and our group commit does not fsync either. 8 MiB
-            // segments keep every node of events up to the plugins' frame limits
+            // Items over segment_size/4 go to separate blob files, which the group
+            // commit does not fsync (the vendored sled fsyncs each as it writes it).
+            // 8 MiB segments keep nodes of events up to the plugins' usual frame limit
             // (64 KiB) inline in the data file the group commit fsyncs.
             .segment_size(8 * 1024 * 1024)
             .open()?;
