@@ -1,36 +1,17 @@
 //! The core's actors driven through `Core::execute` with recording sessions: stream
 //! order and paging, the delivery cursor, presence, rooms and calls.
 
-use actix::prelude::*;
+mod common;
+
+use common::{conn, signup, Conn};
 use hub_core::metrics::Metrics;
 use hub_core::store::{Durability, SledStore};
-use hub_core::{ConnContext, Core, CoreSettings, SessionMsg};
+use hub_core::{Core, CoreSettings, SessionMsg};
 use hub_plugin_sdk::{
-    Address, Answer, CallNotice, ConnId, Content, CoreError, EventBody, HubEvent, Op,
-    PasswordScheme, Seq, UserRef,
+    Address, Answer, CallNotice, Content, CoreError, EventBody, HubEvent, Op, Seq, UserRef,
 };
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-
-/// A stand-in connection actor: forwards what the core sends it to the test.
-struct Recorder(mpsc::UnboundedSender<SessionMsg>);
-
-impl Actor for Recorder {
-    type Context = Context<Self>;
-}
-
-impl Handler<SessionMsg> for Recorder {
-    type Result = ();
-    fn handle(&mut self, msg: SessionMsg, _ctx: &mut Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
-
-struct Conn {
-    ctx: ConnContext,
-    rx: mpsc::UnboundedReceiver<SessionMsg>,
-}
 
 /// A core on `dir` with test settings (cheap hashing, short ring timeout, small
 /// pages), adjusted by `tweak`; also returns its metrics.
@@ -56,35 +37,8 @@ fn start_core(dir: &std::path::Path) -> Core {
     start_core_with(dir, |_| {}).0
 }
 
-fn conn(id: u64) -> Conn {
-    let (tx, rx) = mpsc::unbounded_channel();
-    // As the hub's connection actors do: room for two backlog pages. Set before the
-    // address is handed out (in `started` it would race the first pushes, which would
-    // find actix's default capacity of 16).
-    let addr = Recorder::create(|ctx| {
-        ctx.set_mailbox_capacity(1024);
-        Recorder(tx)
-    });
-    Conn {
-        ctx: ConnContext::new(ConnId(id), "test", "127.0.0.1", Some(addr.recipient())),
-        rx,
-    }
-}
-
 async fn run(core: &Core, conn: &mut Conn, op: Op) -> Result<Answer, CoreError> {
     core.execute(&mut conn.ctx, op).await
-}
-
-async fn signup(core: &Core, conn: &mut Conn, handle: &str) -> UserRef {
-    let op = Op::Signup {
-        handle: handle.into(),
-        password: "pw".into(),
-        scheme: PasswordScheme::Pbkdf2Sha256,
-    };
-    match run(core, conn, op).await.unwrap() {
-        Answer::Session { user, .. } => user,
-        other => panic!("{other:?}"),
-    }
 }
 
 /// Binds `conn` to `user` for delivery (not exclusive).
@@ -619,11 +573,12 @@ async fn a_session_that_does_not_consume_is_dropped_at_the_byte_bound_and_loses_
     }
 }
 
-/// A burst of messages to one user is stored in records of at most `BURST_EVENTS`
-/// (how many fewer records than events depends on how fast bob's actor drains its
-/// mailbox: `hub-bench` reports it as `msgs_per_record`), acknowledged once durable, and
-/// read back from the store whole and in order, also from positions inside a record
-/// (the store's model test restarts).
+/// A burst of messages to one user is stored in records of at most `BURST_EVENTS`,
+/// acknowledged once durable, and read back from the store whole and in order, also
+/// from positions inside a record (the store's model test restarts). How many records
+/// depends on how much bob's actor (on a thread of its own) finds in its mailbox at
+/// once: four when it sleeps through the sends, 51 in the slowest run seen (debug
+/// build, loaded machine); `hub-bench` reports it as `msgs_per_record`.
 #[actix_rt::test]
 async fn a_burst_to_one_user_is_stored_in_bounded_records_and_read_back_in_order() {
     use hub_core::actors::user::BURST_EVENTS;
@@ -656,7 +611,7 @@ async fn a_burst_to_one_user_is_stored_in_bounded_records_and_read_back_in_order
     let records = metrics.stored_records.load(Relaxed) - records_before;
     let fewest = sent.div_ceil(BURST_EVENTS as u64);
     assert!(
-        (fewest..=sent).contains(&records),
+        (fewest..sent / 2).contains(&records),
         "{sent} events in {records} records"
     );
     // bob was offline: all of it comes from the store, in pages of 100.

@@ -179,8 +179,11 @@ impl UserActor {
     }
 
     /// Stores the appends not yet written as one record. If that fails they are
-    /// answered with the error and forgotten, and their sequence numbers are used again
-    /// (nothing after them was written).
+    /// answered with the error and forgotten. Their sequence numbers are used again
+    /// only if the record is not in the store: sled can report an error after the
+    /// insert took effect, and a record reusing them would then overlap it. (Such an
+    /// event is stored though its sender was told it failed: delivered, at worst twice
+    /// if the sender sends it again.)
     fn write_burst(&mut self) {
         let count = std::mem::take(&mut self.unwritten);
         self.unwritten_weight = 0;
@@ -206,7 +209,12 @@ impl UserActor {
                         let _ = reply.send(Err(CoreError::Internal(e.to_string())));
                     }
                 }
-                self.last_seq = Seq(first.0 - 1);
+                let attempted = self.last_seq;
+                self.last_seq = match self.shared.store.last_seq(self.user.id) {
+                    Ok(stored) => stored.max(Seq(first.0 - 1)),
+                    // Unknown: leave the numbers unused (a gap) rather than risk an overlap.
+                    Err(_) => attempted,
+                };
             }
         }
     }
@@ -443,6 +451,12 @@ impl Actor for UserActor {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.shared.metrics.user_actors.fetch_sub(1, Relaxed);
+        // The written ones were counted as waiting for durability; the unwritten tail was not.
+        let written = self.pending.len() - self.unwritten;
+        self.shared
+            .metrics
+            .pending_durable
+            .fetch_sub(written as i64, Relaxed);
         for pending in self.pending.drain(..) {
             if let Some(reply) = pending.reply {
                 let _ = reply.send(Err(CoreError::Internal("hub shutting down".into())));
