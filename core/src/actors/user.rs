@@ -166,9 +166,7 @@ impl UserActor {
             Ok(Once::Stored) => {}
         }
         self.last_seq = seq;
-        self.shared.metrics.stored.fetch_add(1, Relaxed);
-        self.shared.metrics.stored_records.fetch_add(1, Relaxed);
-        self.shared.metrics.pending_durable.fetch_add(1, Relaxed);
+        self.count_record(1);
         self.pending.push_back(Pending {
             seq,
             event,
@@ -176,6 +174,14 @@ impl UserActor {
             reply,
         });
         self.await_durable(ctx);
+    }
+
+    /// Counts one record of `events` written, now waiting for durability.
+    fn count_record(&self, events: usize) {
+        let metrics = &self.shared.metrics;
+        metrics.stored.fetch_add(events as u64, Relaxed);
+        metrics.stored_records.fetch_add(1, Relaxed);
+        metrics.pending_durable.fetch_add(events as i64, Relaxed);
     }
 
     /// Stores the appends not yet written as one record. If that fails they are
@@ -194,14 +200,7 @@ impl UserActor {
         let first = self.pending[start].seq;
         let events: Vec<&EventRecord> = self.pending.range(start..).map(|p| &p.event).collect();
         match self.shared.store.append(self.user.id, first, &events) {
-            Ok(()) => {
-                self.shared.metrics.stored.fetch_add(count as u64, Relaxed);
-                self.shared.metrics.stored_records.fetch_add(1, Relaxed);
-                self.shared
-                    .metrics
-                    .pending_durable
-                    .fetch_add(count as i64, Relaxed);
-            }
+            Ok(()) => self.count_record(count),
             Err(e) => {
                 tracing::error!(user = %self.user.id, events = count, error = %e, "storing events failed");
                 for failed in self.pending.drain(start..) {

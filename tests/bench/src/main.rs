@@ -145,22 +145,16 @@ fn main() {
                 Some("interval") => "interval",
                 Some(_) => usage(),
             };
+            let (pairs, seconds) = (number("pairs", latency::PAIRS), seconds(&flags, 10.0));
             match flags.get("rate") {
-                Some(rates) => latency::run_rates(
-                    number("pairs", latency::PAIRS),
-                    seconds(&flags, 10.0),
-                    &rates
+                Some(rates) => {
+                    let rates: Vec<f64> = rates
                         .split(',')
                         .map(|r| r.parse().unwrap_or_else(|_| usage()))
-                        .collect::<Vec<f64>>(),
-                    durability,
-                ),
-                None => latency::run(
-                    number("pairs", latency::PAIRS),
-                    seconds(&flags, 10.0),
-                    &fractions,
-                    durability,
-                ),
+                        .collect();
+                    latency::run_rates(pairs, seconds, &rates, durability)
+                }
+                None => latency::run(pairs, seconds, &fractions, durability),
             }
         }
         "room-fanout" => [50, 500]
