@@ -5,9 +5,9 @@ use hub_tests::harness::{process_memory, Hub, HubOptions};
 use hub_tests::json_client::JsonClient;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A hub with the JSON plugin for load: warnings only in the log; one PBKDF2 iteration
 /// (the scenarios measure messaging, not password hashing, and some create 20,000
@@ -83,6 +83,54 @@ pub fn many_subscribed(
     all.into_iter().map(|(_, s)| s).collect()
 }
 
+/// Where a run's worker threads wait for each other and for the conductor (the thread
+/// that measures), and when the run began: the moment the first worker left the line.
+///
+/// The conductor's own clock is not that moment. On two cores with hundreds of worker
+/// threads released at once, the conductor can stay descheduled after the release while
+/// the workers run, for a large part of a short run: an `Instant::now()` it takes after
+/// `Barrier::wait` starts the clock late and shows a throughput the run never had
+/// (seen: 2.8 million msgs/s from a relay that does 230,000, and the relay's
+/// "fast mode" in the 2026-12-07 results). So the conductor reads whatever it needs
+/// before the work (CPU times, counters) and then [`StartLine::release`]s the workers,
+/// and [`StartLine::began`] is the earliest time a worker noted on leaving.
+pub struct StartLine {
+    barrier: Barrier,
+    first: Mutex<Option<Instant>>,
+}
+
+impl StartLine {
+    /// A line for `workers` threads and one conductor.
+    pub fn new(workers: usize) -> Arc<StartLine> {
+        Arc::new(StartLine {
+            barrier: Barrier::new(workers + 1),
+            first: Mutex::new(None),
+        })
+    }
+
+    /// A worker waits here, then notes when it left; its work starts after this returns.
+    pub fn wait(&self) {
+        self.barrier.wait();
+        let now = Instant::now();
+        let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
+        *first = Some(first.map_or(now, |t| t.min(now)));
+    }
+
+    /// The conductor releases the workers (once every one of them waits).
+    pub fn release(&self) {
+        self.barrier.wait();
+    }
+
+    /// When the first worker left the line. Call once a worker is known to have left (for
+    /// instance after joining one): panics if none has.
+    pub fn began(&self) -> Instant {
+        self.first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expect("a worker has left the start line")
+    }
+}
+
 /// The value at quantile `p` of ascending `sorted`.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -144,4 +192,33 @@ pub fn rss(hub: &Hub) -> u64 {
 /// Raises this process's soft open-file limit to the hard one; returns it.
 pub fn raise_open_files() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_begins_when_its_first_worker_leaves_not_when_the_conductor_looks() {
+        let line = StartLine::new(3);
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                let line = line.clone();
+                std::thread::spawn(move || {
+                    line.wait();
+                    Instant::now()
+                })
+            })
+            .collect();
+        let before = Instant::now();
+        line.release();
+        // A conductor descheduled after the release, as on a loaded machine.
+        std::thread::sleep(Duration::from_millis(300));
+        let late = Instant::now();
+        let left: Vec<Instant> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        let began = line.began();
+        assert!(began >= before);
+        assert!(left.iter().all(|t| began <= *t));
+        assert!(began < late, "the workers left long before the conductor looked");
+    }
 }

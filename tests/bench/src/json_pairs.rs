@@ -6,13 +6,12 @@
 //! The same clients also run against the minimal relay ([`Target::Relay`], "the limit"),
 //! and [`baselines`] puts the hub beside the relay and a peer broker (`crate::peer`).
 
-use crate::common::{account, json_hub, percentile};
+use crate::common::{account, json_hub, percentile, StartLine};
 use crate::relay::Relay;
 use crate::report::Row;
 use hub_tests::harness::{process_cpu, Hub};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 /// Scenario parameters.
@@ -38,10 +37,9 @@ pub enum Target {
 
 const T: Duration = Duration::from_secs(60);
 
-/// Messages per sender in the baselines (and `all`): with 1000 the relay's runs lasted
-/// under a second and one run could be off by 2-3x (thread start-up skew on two
-/// shared cores); with 3000 each target runs for seconds and the spread of three
-/// runs stays within tens of percent.
+/// Messages per sender in the baselines (and `all`): each target runs for a second or
+/// more. (The 2-3x swings once seen with 1000 were the clock starting late, not the
+/// targets: see `common::StartLine`.)
 pub const MESSAGES: usize = 3000;
 
 /// Runs one configuration against the hub.
@@ -99,10 +97,10 @@ pub fn run_on(target: Target, params: Params) -> Row {
 /// The hub (flush and interval), the relay and mosquitto on the same workload, each row
 /// with its throughput as a percentage of the relay's (`pct_of_limit`).
 ///
-/// One run of the relay lasts about a second, and on a shared machine one such run can
-/// be off by half: every target runs `rounds` times, interleaved (hub, hub, relay,
-/// peer, then again), and each row is its target's median run by throughput, with the
-/// spread of its runs (`spread_pct`: (max - min) / median).
+/// One run of the relay lasts about a second, and a shared machine adds its noise: every
+/// target runs `rounds` times, interleaved (hub, hub, relay, peer, then again), and each
+/// row is its target's median run by throughput, with the spread of its runs
+/// (`spread_pct`: (max - min) / median).
 pub fn baselines(pairs: usize, messages: usize, window: usize, rounds: usize) -> Vec<Row> {
     let params = |durability| Params {
         pairs,
@@ -217,7 +215,7 @@ fn drive(addr: SocketAddr, params: &Params, hub: Option<&Hub>) -> Run {
     let own_cpu = || process_cpu(std::process::id());
     let counters = || COUNTERS.map(|name| hub.and_then(|h| h.metric(name)).unwrap_or(f64::NAN));
     let payload = "x".repeat(100);
-    let start = Arc::new(Barrier::new(params.pairs * 2 + 1));
+    let start = StartLine::new(params.pairs * 2);
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for pair in 0..params.pairs {
@@ -255,31 +253,31 @@ fn drive(addr: SocketAddr, params: &Params, hub: Option<&Hub>) -> Run {
                 tx.recv_type("ack", T).expect("ack");
                 latencies.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            latencies
+            (latencies, Instant::now())
         }));
     }
-    start.wait();
-    let began = Instant::now();
     let cpu_before = cpu();
     let own_before = own_cpu();
     let counters_before = counters();
-    let latencies: Vec<f64> = senders
-        .into_iter()
-        .flat_map(|s| s.join().expect("sender"))
-        .collect();
-    let acked = began.elapsed();
-    let done = receivers
-        .into_iter()
-        .map(|r| r.join().expect("receiver"))
-        .max()
-        .unwrap_or(began);
+    start.release();
+    let mut latencies = Vec::with_capacity(params.pairs * params.messages);
+    let mut done = None;
+    for sender in senders {
+        let (sent, acked) = sender.join().expect("sender");
+        latencies.extend(sent);
+        done = done.max(Some(acked));
+    }
+    for receiver in receivers {
+        done = done.max(Some(receiver.join().expect("receiver")));
+    }
+    let began = start.began();
     let used = cpu().zip(cpu_before).map(|(after, before)| after - before);
     let generator = own_cpu()
         .zip(own_before)
         .map(|(after, before)| after - before);
     let counters_after = counters();
     Run {
-        elapsed: done.duration_since(began).max(acked),
+        elapsed: done.unwrap_or(began).duration_since(began),
         latencies,
         cpu: used,
         generator,

@@ -14,6 +14,7 @@
 //! towards each subscriber), plus `set_tcp_nodelay true` as the hub and the clients
 //! set `TCP_NODELAY` too.
 
+use crate::common::StartLine;
 use crate::json_pairs::{self, Params as PairsParams};
 use crate::report::Row;
 use hub_tests::harness::process_cpu;
@@ -21,7 +22,6 @@ use std::io::{self, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 /// Where Debian's package puts the broker.
@@ -595,7 +595,7 @@ fn publish(
 pub fn run(params: Params) -> Row {
     let broker = Mosquitto::start();
     let payload = vec![b'x'; 100];
-    let start = Arc::new(Barrier::new(params.pairs * 2 + 1));
+    let start = StartLine::new(params.pairs * 2);
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for pair in 0..params.pairs {
@@ -612,23 +612,24 @@ pub fn run(params: Params) -> Row {
         let (barrier, window, payload) = (start.clone(), params.window, payload.clone());
         senders.push(std::thread::spawn(move || {
             barrier.wait();
-            publish(&mut tx, &topic, &payload, count, window).expect("publishing")
+            let latencies = publish(&mut tx, &topic, &payload, count, window).expect("publishing");
+            (latencies, Instant::now())
         }));
     }
-    start.wait();
-    let began = Instant::now();
     let cpu_before = process_cpu(broker.child.id());
-    let latencies: Vec<f64> = senders
-        .into_iter()
-        .flat_map(|s| s.join().expect("publisher"))
-        .collect();
-    let acked = began.elapsed();
-    let done = receivers
-        .into_iter()
-        .map(|r| r.join().expect("subscriber"))
-        .max()
-        .unwrap_or(began);
-    let elapsed = done.duration_since(began).max(acked);
+    start.release();
+    let mut latencies = Vec::with_capacity(params.pairs * params.messages);
+    let mut done = None;
+    for sender in senders {
+        let (sent, acked) = sender.join().expect("publisher");
+        latencies.extend(sent);
+        done = done.max(Some(acked));
+    }
+    for receiver in receivers {
+        done = done.max(Some(receiver.join().expect("subscriber")));
+    }
+    let began = start.began();
+    let elapsed = done.unwrap_or(began).duration_since(began);
     let cpu = process_cpu(broker.child.id())
         .zip(cpu_before)
         .map(|(after, before)| after - before);

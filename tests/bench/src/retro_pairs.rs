@@ -3,7 +3,7 @@
 //! (round-trip time: A → hub → B, B → hub → A, both sealed and opened), then every A
 //! sends M messages to its B (throughput, measured until every B has all of them).
 
-use crate::common::percentile;
+use crate::common::{percentile, StartLine};
 use crate::report::Row;
 use hub_tests::harness::{Hub, HubOptions};
 use hub_tests::retro_client::{kind, Identity, Packet, RetroClient};
@@ -65,7 +65,7 @@ pub fn run(params: Params) -> (Row, Row) {
 
     let setup_started = Instant::now();
     let start = Arc::new(Barrier::new(params.pairs + 1));
-    let blast = Arc::new(Barrier::new(params.pairs * 2 + 1));
+    let blast = StartLine::new(params.pairs * 2);
     let mut workers = Vec::new();
     for pair in 0..params.pairs {
         let (cert, key_a, key_b) = (
@@ -126,15 +126,16 @@ pub fn run(params: Params) -> (Row, Row) {
     }
     start.wait();
     let setup = setup_started.elapsed();
-    blast.wait();
-    let began = Instant::now();
+    blast.release();
     let mut rtts = Vec::new();
-    let mut done = began;
+    let mut done = None;
     for worker in workers {
         let (pair_rtts, finished) = worker.join().expect("pair");
         rtts.extend(pair_rtts);
-        done = done.max(finished);
+        done = done.max(Some(finished));
     }
+    let began = blast.began();
+    let done = done.unwrap_or(began);
     rtts.sort_by(f64::total_cmp);
     let elapsed = done.duration_since(began).as_secs_f64();
     let total = (params.pairs * params.messages) as f64;

@@ -9,7 +9,7 @@
 //! append waits for its group commit when appends arrive at a fixed rate, the part of
 //! the hub's durable latency that storage alone costs.
 
-use crate::common::percentile;
+use crate::common::{percentile, StartLine};
 use crate::latency::{flush_figures, FLUSH_COLUMNS, FLUSH_COUNTERS};
 use crate::report::Row;
 use hub_core::metrics::Metrics;
@@ -19,7 +19,7 @@ use hub_plugin_sdk::{
 };
 use hub_tests::harness::metric_in;
 use std::collections::VecDeque;
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// The hub's default `core.user_threads`.
@@ -67,7 +67,7 @@ pub fn run(params: Params) -> Row {
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(SledStore::open(dir.path(), durability, metrics.clone()).expect("open"));
     let payload = "x".repeat(100);
-    let start = Arc::new(Barrier::new(THREADS + 1));
+    let start = StartLine::new(THREADS);
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let (store, start, payload) = (store.clone(), start.clone(), payload.clone());
@@ -96,12 +96,11 @@ pub fn run(params: Params) -> Row {
             })
         })
         .collect();
-    start.wait();
-    let began = Instant::now();
+    start.release();
     for thread in threads {
         thread.join().expect("store thread");
     }
-    let elapsed = began.elapsed().as_secs_f64();
+    let elapsed = start.began().elapsed().as_secs_f64();
     let total = (params.pairs * params.messages) as f64;
     let flushes = metrics.flushes();
     store.close();

@@ -13,12 +13,12 @@
 //! second: counting distinct messages per client is what tells if one is missing.
 
 use crate::common::{account, json_hub, many_subscribed, raise_open_files, rss};
-use crate::common::{MemorySampler, Subscribed};
+use crate::common::{MemorySampler, StartLine, Subscribed};
 use crate::report::Row;
 use hub_tests::json_client::JsonClient;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
@@ -63,7 +63,7 @@ pub fn run(params: Params) -> Row {
     let steady = rss(&hub);
 
     let sampler = MemorySampler::start(&hub);
-    let start = Arc::new(Barrier::new(WORKERS + SENDERS + 1));
+    let start = StartLine::new(WORKERS + SENDERS);
     // Worker w owns clients w, w + WORKERS, ...; client i reconnects at i/clients of
     // the window.
     let mut slices: Vec<Vec<(usize, Subscribed)>> = (0..WORKERS).map(|_| Vec::new()).collect();
@@ -143,12 +143,12 @@ pub fn run(params: Params) -> Row {
             })
         })
         .collect();
-    start.wait();
-    let began = Instant::now();
+    start.release();
     let reconnected: Vec<Vec<(usize, JsonClient, Vec<Value>)>> = workers
         .into_iter()
         .map(|w| w.join().expect("storm worker"))
         .collect();
+    let began = start.began();
     let reconnect_secs = began.elapsed().as_secs_f64();
     let mut expected: HashMap<usize, HashSet<String>> = HashMap::new();
     let mut acked_total = 0;

@@ -2,12 +2,12 @@
 //! messages per second among 50 clients each writing to the next. Frames are signed
 //! before the timed phase: RSA-PSS signing is the client's cost, not the hub's.
 
-use crate::common::percentile;
+use crate::common::{percentile, StartLine};
 use crate::report::Row;
 use hub_tests::harness::{Hub, HubOptions};
 use hub_tests::xdr_client::{crypto, payload, XdrClient};
 use rsa::RsaPrivateKey;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -78,7 +78,7 @@ pub fn run(clients: usize, messages: usize) -> Vec<Row> {
         })
         .collect();
     let clients_arc: Vec<Arc<XdrClient>> = connected.into_iter().map(Arc::new).collect();
-    let start = Arc::new(Barrier::new(clients + 1));
+    let start = StartLine::new(clients);
     let senders: Vec<_> = clients_arc
         .iter()
         .zip(frames)
@@ -92,8 +92,7 @@ pub fn run(clients: usize, messages: usize) -> Vec<Row> {
             })
         })
         .collect();
-    start.wait();
-    let began = Instant::now();
+    start.release();
     for sender in senders {
         sender.join().expect("sender");
     }
@@ -102,7 +101,7 @@ pub fn run(clients: usize, messages: usize) -> Vec<Row> {
             .wait_outbox_count(messages, T)
             .expect("every message arrives");
     }
-    let elapsed = began.elapsed().as_secs_f64();
+    let elapsed = start.began().elapsed().as_secs_f64();
     let total = (clients * messages) as f64;
     vec![
         Row {
