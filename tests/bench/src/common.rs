@@ -219,6 +219,9 @@ mod tests {
         let began = line.began();
         assert!(began >= before);
         assert!(left.iter().all(|t| began <= *t));
-        assert!(began < late, "the workers left long before the conductor looked");
+        assert!(
+            began < late,
+            "the workers left long before the conductor looked"
+        );
     }
 }

@@ -9,7 +9,7 @@
 use crate::common::{account, json_hub, percentile, StartLine};
 use crate::relay::Relay;
 use crate::report::Row;
-use hub_tests::harness::{process_cpu, Hub};
+use hub_tests::harness::{metric_in, process_cpu, Hub};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -213,7 +213,10 @@ impl Run {
 fn drive(addr: SocketAddr, params: &Params, hub: Option<&Hub>) -> Run {
     let cpu = || hub.and_then(Hub::pid).and_then(process_cpu);
     let own_cpu = || process_cpu(std::process::id());
-    let counters = || COUNTERS.map(|name| hub.and_then(|h| h.metric(name)).unwrap_or(f64::NAN));
+    let counters = || {
+        let text = hub.map(|h| h.http_get("/metrics").1).unwrap_or_default();
+        COUNTERS.map(|name| metric_in(&text, name).unwrap_or(f64::NAN))
+    };
     let payload = "x".repeat(100);
     let start = StartLine::new(params.pairs * 2);
     let mut receivers = Vec::new();
