@@ -131,6 +131,28 @@ impl StartLine {
     }
 }
 
+/// Joins a released closed-loop run: `senders` return their ack latencies (ms) and when
+/// their last ack came, `receivers` when their last message came. Returns every
+/// latency and how long the run took, from the start line to the last of those.
+pub fn join_pairs(
+    start: &StartLine,
+    senders: Vec<JoinHandle<(Vec<f64>, Instant)>>,
+    receivers: Vec<JoinHandle<Instant>>,
+) -> (Vec<f64>, Duration) {
+    let mut latencies = Vec::new();
+    let mut done = None;
+    for sender in senders {
+        let (sent, acked) = sender.join().expect("sender");
+        latencies.extend(sent);
+        done = done.max(Some(acked));
+    }
+    for receiver in receivers {
+        done = done.max(Some(receiver.join().expect("receiver")));
+    }
+    let began = start.began();
+    (latencies, done.unwrap_or(began).duration_since(began))
+}
+
 /// The value at quantile `p` of ascending `sorted`.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

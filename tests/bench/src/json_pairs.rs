@@ -6,7 +6,7 @@
 //! The same clients also run against the minimal relay ([`Target::Relay`], "the limit"),
 //! and [`baselines`] puts the hub beside the relay and a peer broker (`crate::peer`).
 
-use crate::common::{account, json_hub, percentile, StartLine};
+use crate::common::{account, join_pairs, json_hub, percentile, StartLine};
 use crate::relay::Relay;
 use crate::report::Row;
 use hub_tests::harness::{metric_in, process_cpu, Hub};
@@ -263,24 +263,14 @@ fn drive(addr: SocketAddr, params: &Params, hub: Option<&Hub>) -> Run {
     let own_before = own_cpu();
     let counters_before = counters();
     start.release();
-    let mut latencies = Vec::with_capacity(params.pairs * params.messages);
-    let mut done = None;
-    for sender in senders {
-        let (sent, acked) = sender.join().expect("sender");
-        latencies.extend(sent);
-        done = done.max(Some(acked));
-    }
-    for receiver in receivers {
-        done = done.max(Some(receiver.join().expect("receiver")));
-    }
-    let began = start.began();
+    let (latencies, elapsed) = join_pairs(&start, senders, receivers);
     let used = cpu().zip(cpu_before).map(|(after, before)| after - before);
     let generator = own_cpu()
         .zip(own_before)
         .map(|(after, before)| after - before);
     let counters_after = counters();
     Run {
-        elapsed: done.unwrap_or(began).duration_since(began),
+        elapsed,
         latencies,
         cpu: used,
         generator,

@@ -14,7 +14,7 @@
 //! towards each subscriber), plus `set_tcp_nodelay true` as the hub and the clients
 //! set `TCP_NODELAY` too.
 
-use crate::common::StartLine;
+use crate::common::{join_pairs, StartLine};
 use crate::json_pairs::{self, Params as PairsParams};
 use crate::report::Row;
 use hub_tests::harness::process_cpu;
@@ -618,18 +618,7 @@ pub fn run(params: Params) -> Row {
     }
     let cpu_before = process_cpu(broker.child.id());
     start.release();
-    let mut latencies = Vec::with_capacity(params.pairs * params.messages);
-    let mut done = None;
-    for sender in senders {
-        let (sent, acked) = sender.join().expect("publisher");
-        latencies.extend(sent);
-        done = done.max(Some(acked));
-    }
-    for receiver in receivers {
-        done = done.max(Some(receiver.join().expect("subscriber")));
-    }
-    let began = start.began();
-    let elapsed = done.unwrap_or(began).duration_since(began);
+    let (latencies, elapsed) = join_pairs(&start, senders, receivers);
     let cpu = process_cpu(broker.child.id())
         .zip(cpu_before)
         .map(|(after, before)| after - before);
