@@ -121,29 +121,17 @@ pub fn baselines(pairs: usize, messages: usize, window: usize, rounds: usize) ->
         }));
     }
     let mut rows: Vec<Row> = runs.into_iter().map(median_run).collect();
-    let limit = rate(&rows[2]);
+    let limit = rows[2].figure("msgs_per_sec");
     for row in &mut rows {
-        let pct = 100.0 * rate(row) / limit;
+        let pct = 100.0 * row.figure("msgs_per_sec") / limit;
         row.figures.push(("pct_of_limit", pct));
     }
     rows
 }
 
-fn rate(row: &Row) -> f64 {
-    row.figures
-        .iter()
-        .find(|(name, _)| *name == "msgs_per_sec")
-        .map_or(0.0, |(_, v)| *v)
-}
-
 /// The median of `runs` by throughput, with `spread_pct` added.
-pub(crate) fn median_run(mut runs: Vec<Row>) -> Row {
-    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
-    let (low, high) = (rate(&runs[0]), rate(&runs[runs.len() - 1]));
-    let mut median = runs.swap_remove(runs.len() / 2);
-    let spread = 100.0 * (high - low) / rate(&median);
-    median.figures.push(("spread_pct", spread));
-    median
+pub(crate) fn median_run(runs: Vec<Row>) -> Row {
+    crate::report::median_by(runs, "msgs_per_sec", "spread_pct")
 }
 
 /// A throughput row: `start` is the start-up time of the server under test (the hub's

@@ -14,7 +14,7 @@
 
 use crate::common::{account, json_hub, percentile};
 use crate::relay::Relay;
-use crate::report::Row;
+use crate::report::{self, Row};
 use hub_tests::harness::{metric_in, process_context_switches, process_cpu};
 use mio::{Events, Interest, Poll, Token};
 use serde_json::Value;
@@ -291,7 +291,13 @@ pub fn flush_figures([count, seconds, waiters, within_2ms, within_5ms]: [f64; 5]
 
 /// Measures the hub's maximum (a closed-loop 1:1 run), then the hub and the relay open
 /// loop at `fractions` of it.
-pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static str) -> Vec<Row> {
+pub fn run(
+    pairs: usize,
+    seconds: f64,
+    fractions: &[f64],
+    durability: &'static str,
+    rounds: usize,
+) -> Vec<Row> {
     // 1000 messages per pair: half a second or more of steady load. With 200 (used
     // first) the maximum swung by a factor of two between runs; that was before the
     // start line (`common::StartLine`), whose absence, a clock started late, may have
@@ -312,22 +318,33 @@ pub fn run(pairs: usize, seconds: f64, fractions: &[f64], durability: &'static s
         .iter()
         .map(|f| (max_rate * f, format!("{}% of its max", (f * 100.0).round())))
         .collect();
-    run_at(pairs, seconds, &loads, durability)
+    run_at(pairs, seconds, &loads, durability, rounds)
 }
 
 /// The hub and the relay open loop at fixed `rates` (messages a second), for comparing
 /// two builds at the same load (`hub-bench latency --rate N`).
-pub fn run_rates(pairs: usize, seconds: f64, rates: &[f64], durability: &'static str) -> Vec<Row> {
+pub fn run_rates(
+    pairs: usize,
+    seconds: f64,
+    rates: &[f64],
+    durability: &'static str,
+    rounds: usize,
+) -> Vec<Row> {
     let loads: Vec<(f64, String)> = rates.iter().map(|r| (*r, format!("{r} msgs/s"))).collect();
-    run_at(pairs, seconds, &loads, durability)
+    run_at(pairs, seconds, &loads, durability, rounds)
 }
 
-/// The hub, the relay and (in `flush` mode) the store alone at each `(rate, label)`.
+/// The hub, the relay and (in `flush` mode) the store alone at each `(rate, label)`,
+/// `rounds` times each, interleaved (hub, relay, store, then again): each row is its
+/// target's run with the median p99, with `p99_spread_pct` ((max - min) / median).
+/// One run's p99 is a few dozen messages late in clumps (a slow fsync, the shared
+/// cores), so single runs of the same build differ by half.
 fn run_at(
     pairs: usize,
     seconds: f64,
     loads: &[(f64, String)],
     durability: &'static str,
+    rounds: usize,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for (rate, load) in loads {
@@ -336,70 +353,86 @@ fn run_at(
             rate: *rate,
             seconds,
         };
-        // No keep-alive pings during the run: the senders write through a second handle
-        // on their sockets, and a pong from the reading side could interleave.
-        let hub = json_hub(&[
-            ("HUB__LIMITS__WS_PING_SECS", "1800"),
-            ("HUB__STORE__DURABILITY", durability),
-        ]);
-        let cpu = || hub.pid().and_then(process_cpu);
-        let switches = || hub.pid().and_then(process_context_switches);
-        // One scrape for all of them: read one by one while flushes go on, a bucket could
-        // grow past the count read before it (a negative "over 5 ms" was seen).
-        let flushes = || {
-            let text = hub.http_get("/metrics").1;
-            FLUSH_COUNTERS.map(|name| metric_in(&text, name).unwrap_or(f64::NAN))
-        };
-        let acks = || hub.metric("hub_acks_total").unwrap_or(f64::NAN);
-        let (cpu_before, switches_before, flushes_before) = (cpu(), switches(), flushes());
-        let acks_before = acks();
-        let measured = drive(hub.addr("json", "main"), params, "h");
-        let flushes_after = flushes();
-        let acks_after = acks();
-        let mut hub_row = row(format!("hub ({durability}) at {load}"), params, &measured);
-        // The hub's CPU time per message over the whole run (setup included, which is
-        // small next to the load).
-        if let (Some(before), Some(after)) = (cpu_before, cpu()) {
-            let per_msg = (after - before).as_secs_f64() * 1e6 / measured.sent as f64;
-            hub_row.figures.push(("cpu_us_per_msg", per_msg));
+        let mut runs: [Vec<Row>; 3] = Default::default();
+        for _ in 0..rounds.max(1) {
+            for (target, row) in round(params, load, durability).into_iter().enumerate() {
+                runs[target].push(row);
+            }
         }
-        // Thread switches per message: what a message costs in hand-overs between
-        // threads (each a wake-up), the cost that batching hides at full load.
-        if let (Some(before), Some(after)) = (switches_before, switches()) {
-            let per_msg = (after - before) as f64 / measured.sent as f64;
-            hub_row.figures.push(("switches_per_msg", per_msg));
+        for target in runs.into_iter().filter(|r| !r.is_empty()) {
+            rows.push(report::median_by(target, "p99_ms", "p99_spread_pct"));
         }
-        // Proofs of receipt (cursor moves) per message: how much the receivers' pongs
-        // cost when deliveries come one at a time.
-        hub_row.figures.push((
-            "acks_per_msg",
-            (acks_after - acks_before) / measured.sent as f64,
+    }
+    rows
+}
+
+/// One round at one load: the hub's row, the relay's, and in `flush` mode the store
+/// alone's.
+fn round(params: Params, load: &str, durability: &'static str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    // No keep-alive pings during the run: the senders write through a second handle
+    // on their sockets, and a pong from the reading side could interleave.
+    let hub = json_hub(&[
+        ("HUB__LIMITS__WS_PING_SECS", "1800"),
+        ("HUB__STORE__DURABILITY", durability),
+    ]);
+    let cpu = || hub.pid().and_then(process_cpu);
+    let switches = || hub.pid().and_then(process_context_switches);
+    // One scrape for all of them: read one by one while flushes go on, a bucket could
+    // grow past the count read before it (a negative "over 5 ms" was seen).
+    let flushes = || {
+        let text = hub.http_get("/metrics").1;
+        FLUSH_COUNTERS.map(|name| metric_in(&text, name).unwrap_or(f64::NAN))
+    };
+    let acks = || hub.metric("hub_acks_total").unwrap_or(f64::NAN);
+    let (cpu_before, switches_before, flushes_before) = (cpu(), switches(), flushes());
+    let acks_before = acks();
+    let measured = drive(hub.addr("json", "main"), params, "h");
+    let flushes_after = flushes();
+    let acks_after = acks();
+    let mut hub_row = row(format!("hub ({durability}) at {load}"), params, &measured);
+    // The hub's CPU time per message over the whole run (setup included, which is
+    // small next to the load).
+    if let (Some(before), Some(after)) = (cpu_before, cpu()) {
+        let per_msg = (after - before).as_secs_f64() * 1e6 / measured.sent as f64;
+        hub_row.figures.push(("cpu_us_per_msg", per_msg));
+    }
+    // Thread switches per message: what a message costs in hand-overs between
+    // threads (each a wake-up), the cost that batching hides at full load.
+    if let (Some(before), Some(after)) = (switches_before, switches()) {
+        let per_msg = (after - before) as f64 / measured.sent as f64;
+        hub_row.figures.push(("switches_per_msg", per_msg));
+    }
+    // Proofs of receipt (cursor moves) per message: how much the receivers' pongs
+    // cost when deliveries come one at a time.
+    hub_row.figures.push((
+        "acks_per_msg",
+        (acks_after - acks_before) / measured.sent as f64,
+    ));
+    let delta = std::array::from_fn(|i| flushes_after[i] - flushes_before[i]);
+    hub_row
+        .figures
+        .extend(FLUSH_COLUMNS.into_iter().zip(flush_figures(delta)));
+    rows.push(hub_row);
+    drop(hub);
+    let relay = Relay::start();
+    let measured = drive(relay.addr, params, "l");
+    let mut relay_row = row("limit (relay) at the same rate".into(), params, &measured);
+    relay_row.figures.push(("cpu_us_per_msg", f64::NAN));
+    relay_row.figures.push(("switches_per_msg", f64::NAN));
+    for column in FLUSH_COLUMNS {
+        relay_row.figures.push((column, f64::NAN));
+    }
+    rows.push(relay_row);
+    if durability == "flush" {
+        // The storage floor under the same schedule: what of the hub's latency is
+        // sled and the group commit alone.
+        rows.push(crate::store::open_loop(
+            params.pairs,
+            params.rate,
+            params.seconds,
+            durability,
         ));
-        let delta = std::array::from_fn(|i| flushes_after[i] - flushes_before[i]);
-        hub_row
-            .figures
-            .extend(FLUSH_COLUMNS.into_iter().zip(flush_figures(delta)));
-        rows.push(hub_row);
-        drop(hub);
-        let relay = Relay::start();
-        let measured = drive(relay.addr, params, "l");
-        let mut relay_row = row("limit (relay) at the same rate".into(), params, &measured);
-        relay_row.figures.push(("cpu_us_per_msg", f64::NAN));
-        relay_row.figures.push(("switches_per_msg", f64::NAN));
-        for column in FLUSH_COLUMNS {
-            relay_row.figures.push((column, f64::NAN));
-        }
-        rows.push(relay_row);
-        if durability == "flush" {
-            // The storage floor under the same schedule: what of the hub's latency is
-            // sled and the group commit alone.
-            rows.push(crate::store::open_loop(
-                pairs,
-                params.rate,
-                seconds,
-                durability,
-            ));
-        }
     }
     rows
 }

@@ -146,15 +146,16 @@ fn main() {
                 Some(_) => usage(),
             };
             let (pairs, seconds) = (number("pairs", latency::PAIRS), seconds(&flags, 10.0));
+            let rounds = number("rounds", 1);
             match flags.get("rate") {
                 Some(rates) => {
                     let rates: Vec<f64> = rates
                         .split(',')
                         .map(|r| r.parse().unwrap_or_else(|_| usage()))
                         .collect();
-                    latency::run_rates(pairs, seconds, &rates, durability)
+                    latency::run_rates(pairs, seconds, &rates, durability, rounds)
                 }
-                None => latency::run(pairs, seconds, &fractions, durability),
+                None => latency::run(pairs, seconds, &fractions, durability, rounds),
             }
         }
         "room-fanout" => [50, 500]
@@ -211,8 +212,14 @@ fn all() {
         json_pairs::median_run((0..3).map(|_| store::run(params)).collect())
     }));
     report::print_and_save("throughput", &throughput);
-    let mut rows = latency::run(latency::PAIRS, 10.0, &[0.1, 0.5, 0.8], "flush");
-    rows.extend(latency::run(latency::PAIRS, 10.0, &[0.1, 0.5], "interval"));
+    let mut rows = latency::run(latency::PAIRS, 10.0, &[0.1, 0.5, 0.8], "flush", 3);
+    rows.extend(latency::run(
+        latency::PAIRS,
+        10.0,
+        &[0.1, 0.5],
+        "interval",
+        3,
+    ));
     report::print_and_save("latency", &rows);
     let rooms: Vec<_> = [50, 500]
         .into_iter()
@@ -260,7 +267,7 @@ fn smoke() {
         }),
     ];
     report::print_and_save("smoke-throughput", &rows);
-    rows = latency::run(10, 1.0, &[0.5], "flush");
+    rows = latency::run(10, 1.0, &[0.5], "flush", 1);
     report::print_and_save("smoke-latency", &rows);
     report::print_and_save("smoke-room", &[room::run(10, 50, 8)]);
     report::print_and_save("smoke-idle", &[idle::run(200)]);

@@ -32,6 +32,19 @@ impl Row {
     }
 }
 
+/// The run of `runs` with the median `column`, with how far its runs spread in that
+/// column added as `spread` ((max - min) / median, percent). With an even number of
+/// runs, the higher of the two middle ones.
+pub fn median_by(mut runs: Vec<Row>, column: &str, spread: &'static str) -> Row {
+    runs.sort_by(|a, b| a.figure(column).total_cmp(&b.figure(column)));
+    let low = runs[0].figure(column);
+    let high = runs[runs.len() - 1].figure(column);
+    let mut median = runs.swap_remove(runs.len() / 2);
+    let width = 100.0 * (high - low) / median.figure(column);
+    median.figures.push((spread, width));
+    median
+}
+
 /// `text` as one CSV field (RFC 4180: quoted when it holds a comma, quote or newline).
 fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n']) {
@@ -97,6 +110,23 @@ mod tests {
         assert_eq!(csv_field("100 pairs"), "100 pairs");
         assert_eq!(csv_field("100 pairs, flush"), "\"100 pairs, flush\"");
         assert_eq!(csv_field("a \"b\""), "\"a \"\"b\"\"\"");
+    }
+
+    #[test]
+    fn the_median_run_is_kept_whole_with_its_spread() {
+        let run = |p99: f64, p50: f64| Row {
+            label: "hub".into(),
+            figures: vec![("p50_ms", p50), ("p99_ms", p99)],
+        };
+        let median = median_by(
+            vec![run(8.0, 1.0), run(4.0, 3.0), run(6.0, 2.0)],
+            "p99_ms",
+            "p99_spread_pct",
+        );
+        // The other figures come from the same run, not medians of their own.
+        assert_eq!(median.figure("p50_ms"), 2.0);
+        assert_eq!(median.figure("p99_ms"), 6.0);
+        assert!((median.figure("p99_spread_pct") - 100.0 * 4.0 / 6.0).abs() < 1e-9);
     }
 
     #[test]
