@@ -90,7 +90,7 @@ pub fn many_subscribed(
 /// threads released at once, the conductor can stay descheduled after the release while
 /// the workers run, for a large part of a short run: an `Instant::now()` it takes after
 /// `Barrier::wait` starts the clock late and shows a throughput the run never had
-/// (seen: 2.8 million msgs/s from a relay that does 230,000, and the relay's
+/// (seen: 2.8 million msgs/s from a relay that does about 185,000, and the relay's
 /// "fast mode" in the 2026-12-07 results). So the conductor reads whatever it needs
 /// before the work (CPU times, counters) and then [`StartLine::release`]s the workers,
 /// and [`StartLine::began`] is the earliest time a worker noted on leaving.

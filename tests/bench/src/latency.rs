@@ -337,7 +337,7 @@ pub fn run_rates(
 /// The hub, the relay and (in `flush` mode) the store alone at each `(rate, label)`,
 /// `rounds` times each, interleaved (hub, relay, store, then again): each row is its
 /// target's run with the median p99, with `p99_spread_pct` ((max - min) / median).
-/// One run's p99 is a few dozen messages late in clumps (a slow fsync, the shared
+/// A run's p99 is set by a few clumps of late messages (a slow fsync, the shared
 /// cores), so single runs of the same build differ by half.
 fn run_at(
     pairs: usize,
