@@ -3,7 +3,7 @@
 //! (round-trip time: A → hub → B, B → hub → A, both sealed and opened), then every A
 //! sends M messages to its B (throughput, measured until every B has all of them).
 
-use crate::common::{percentile, StartLine};
+use crate::common::{join_pairs, percentile, StartLine};
 use crate::report::Row;
 use hub_tests::harness::{Hub, HubOptions};
 use hub_tests::retro_client::{kind, Identity, Packet, RetroClient};
@@ -127,17 +127,10 @@ pub fn run(params: Params) -> (Row, Row) {
     start.wait();
     let setup = setup_started.elapsed();
     blast.release();
-    let mut rtts = Vec::new();
-    let mut done = None;
-    for worker in workers {
-        let (pair_rtts, finished) = worker.join().expect("pair");
-        rtts.extend(pair_rtts);
-        done = done.max(Some(finished));
-    }
-    let began = blast.began();
-    let done = done.unwrap_or(began);
+    // Each pair returns its round trips and when its B had every message.
+    let (mut rtts, elapsed) = join_pairs(&blast, workers, Vec::new());
     rtts.sort_by(f64::total_cmp);
-    let elapsed = done.duration_since(began).as_secs_f64();
+    let elapsed = elapsed.as_secs_f64();
     let total = (params.pairs * params.messages) as f64;
     (
         Row {
